@@ -7,10 +7,10 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/cli.html.md"""
 # %% auto #0
 __all__ = ['main']
 
-# %% ../nbs/09_cli.ipynb #168c85be
+# %% ../nbs/09_cli.ipynb #3fd1d5bb
 import argparse, sys
 
-# %% ../nbs/09_cli.ipynb #1199830b
+# %% ../nbs/09_cli.ipynb #a151b9a8
 def _generate_parser(sub):
     p = sub.add_parser("generate", help="generate text from a prompt and images")
     a = p.add_argument
@@ -42,7 +42,7 @@ def _generate_parser(sub):
     a("--verbose", action=argparse.BooleanOptionalAction, default=True, help="print the stream and the stats")
     return p
 
-# %% ../nbs/09_cli.ipynb #82a1594b
+# %% ../nbs/09_cli.ipynb #a4f9abbe
 def _run_generate(args):
     from mlx_vlm_nb.load import load
     from mlx_vlm_nb.prompt import apply_chat_template
@@ -66,20 +66,45 @@ def _run_generate(args):
     if not args.verbose: print(result.text)
     return result
 
-# %% ../nbs/09_cli.ipynb #8f953c95
+# %% ../nbs/09_cli.ipynb #0d223c25
+def _tiny_parser(sub):
+    p = sub.add_parser("tiny", help="build a tiny random-weight checkpoint offline (needs the factory extra)")
+    p.add_argument("model_type", help="a supported model_type, e.g. qwen2_vl")
+    p.add_argument("--layout", default="hub", help="hub, transformers5, transformers5_new_names or mlx")
+    p.add_argument("--quantize-bits", type=int, default=None, help="quantize (mlx layout, via mlx-vlm)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--out", default=None, help="copy the checkpoint here (default: print the cache folder)")
+    p.add_argument("--image-out", default=None, help="also write a sample picture here")
+    return p
+
+def _run_tiny(args):
+    import shutil
+    from pathlib import Path
+    from mlx_vlm_nb.factory import cached_checkpoint, sample_image
+    kw = {"quantize_bits": args.quantize_bits} if args.quantize_bits else {}
+    path = cached_checkpoint(args.model_type, args.layout, seed=args.seed, **kw)
+    if args.out:
+        shutil.copytree(path, args.out, dirs_exist_ok=True)
+        path = Path(args.out)
+    if args.image_out: sample_image(224, 168, seed=args.seed).save(args.image_out)
+    print(path)
+
+# %% ../nbs/09_cli.ipynb #892c6dcb
 def main(argv=None):
     "Entry point of the `mlx_vlm_nb` console script."
     parser = argparse.ArgumentParser(prog="mlx_vlm_nb", description="Run vision-language models on MLX.")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
+    _tiny_parser(sub)
     sub.add_parser("doctor", help="report backend, BLAS, threads and memory")
     args = parser.parse_args(argv)
     try:
         if args.command == "generate": _run_generate(args)
+        elif args.command == "tiny": _run_tiny(args)
         elif args.command == "doctor":
             from mlx_vlm_nb.blas import print_doctor
             print_doctor()
-    except (ValueError, FileNotFoundError, TypeError, NotImplementedError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, NotImplementedError, ImportError) as e:
         # bad input: a one-line message, not a traceback
         print(f"mlx_vlm_nb {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/generate.html.md"""
 __all__ = ['KV_BITS', 'GenerationResult', 'BatchStats', 'BatchResponse', 'make_cache', 'check_kv_bits', 'eos_token_ids',
            'thinking_budget_processor', 'prefill', 'generate_step', 'stream_generate', 'generate', 'batch_generate']
 
-# %% ../nbs/07_generate.ipynb #9910aeb2
+# %% ../nbs/07_generate.ipynb #8c3616e4
 import contextlib, time
 from dataclasses import dataclass, field
 import mlx.core as mx
@@ -16,7 +16,7 @@ from .config import config_value
 from .processors import prepare_inputs, load_image
 from .sampling import SamplingSettings, make_sampler, make_logits_processors
 
-# %% ../nbs/07_generate.ipynb #8095d587
+# %% ../nbs/07_generate.ipynb #b8eef78b
 @dataclass
 class GenerationResult:
     "One step of a generation (streaming) or the whole of it (`generate`); fields as in mlx-vlm."
@@ -31,7 +31,7 @@ class GenerationResult:
     peak_memory: float = 0.0            # GB
     finish_reason: str|None = None      # "stop" (an end token), "length" (max_tokens) or None while running
 
-# %% ../nbs/07_generate.ipynb #81ac5757
+# %% ../nbs/07_generate.ipynb #cd16db78
 @dataclass
 class BatchStats:
     "Statistics of a `batch_generate` call."
@@ -50,7 +50,7 @@ class BatchResponse:
     stats: BatchStats
     image_sizes: list|None = None
 
-# %% ../nbs/07_generate.ipynb #02b979a1
+# %% ../nbs/07_generate.ipynb #c3fc11f3
 KV_BITS = (2, 3, 4, 5, 6, 8)
 
 def make_cache(model, max_kv_size: int|None = None):
@@ -66,12 +66,12 @@ def check_kv_bits(kv_bits, kv_group_size=64):
     if kv_bits not in KV_BITS: raise ValueError(f"kv_bits={kv_bits} is not supported; choose one of {KV_BITS}")
     if kv_group_size not in (32, 64, 128): raise ValueError(f"kv_group_size={kv_group_size} is not supported; choose 32, 64 or 128")
 
-# %% ../nbs/07_generate.ipynb #bb615f0a
+# %% ../nbs/07_generate.ipynb #73c60db6
 def eos_token_ids(model, tokenizer, eos_tokens=None) -> set:
     "End-of-generation ids: the config's, the tokenizer's, and any `eos_tokens` strings."
     ids = set()
-    cfg_eos = model.config.get("eos_token_id") if isinstance(model.config, dict) else None
-    if cfg_eos is None and isinstance(model.config, dict): cfg_eos = model.config.get("text_config", {}).get("eos_token_id")
+    cfg = model.hf_config
+    cfg_eos = cfg.get("eos_token_id", cfg.get("text_config", {}).get("eos_token_id"))
     for v in (cfg_eos, tokenizer.eos_token_id):
         if v is None: continue
         ids.update(v if isinstance(v, (list, tuple)) else [v])
@@ -84,7 +84,7 @@ def eos_token_ids(model, tokenizer, eos_tokens=None) -> set:
         ids.add(tid)
     return ids
 
-# %% ../nbs/07_generate.ipynb #435495b3
+# %% ../nbs/07_generate.ipynb #633c1d0b
 def thinking_budget_processor(tokenizer, budget: int):
     "A logits processor that closes a `<think>` block after `budget` thinking tokens."
     start, end = (tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>"))
@@ -100,7 +100,7 @@ def thinking_budget_processor(tokenizer, budget: int):
         return mx.put_along_axis(forced, mx.array([[end]]), mx.zeros((logits.shape[0], 1), logits.dtype), axis=-1)
     return process
 
-# %% ../nbs/07_generate.ipynb #1069ff8b
+# %% ../nbs/07_generate.ipynb #f259f64c
 def _sample(logits, tokens, sampler, processors):
     for p in processors: logits = p(tokens, logits)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -118,7 +118,7 @@ def prefill(model, inputs: dict, cache, prefill_step_size: int = 2048):
         if s + step < n: mx.eval([c.state for c in cache])
     return logits[:, -1, :], emb.lm_kwargs
 
-# %% ../nbs/07_generate.ipynb #5ed2c5c8
+# %% ../nbs/07_generate.ipynb #eb1dbc23
 def generate_step(model, inputs: dict, *, cache=None, sampler=None, logits_processors=(), max_tokens: int = 256,
                   prefill_step_size: int = 2048, kv_bits=None, kv_group_size: int = 64, quantized_kv_start: int = 0):
     "Yield `(token, logprobs)` pairs: prefill `inputs`, then decode one token per step."
@@ -140,12 +140,12 @@ def generate_step(model, inputs: dict, *, cache=None, sampler=None, logits_proce
         yield y.item(), logprobs[0]
         if n + 1 < max_tokens: y, logprobs = next_y, next_lp
 
-# %% ../nbs/07_generate.ipynb #df92708d
+# %% ../nbs/07_generate.ipynb #86e5940a
 def _context_size(model):
-    return config_value(model.config, "max_position_embeddings", ("", "text_config"), default=None)
+    return config_value(model.hf_config, "max_position_embeddings", ("", "text_config"), default=None)
 
 def _vocab_size(model):
-    return config_value(model.config, "vocab_size", ("", "text_config"), default=None)
+    return config_value(model.hf_config, "vocab_size", ("", "text_config"), default=None)
 
 def _settings(kwargs, vocab_size):
     s = SamplingSettings(**{k: kwargs.pop(k) for k in list(kwargs) if k in SamplingSettings.__dataclass_fields__})
@@ -163,7 +163,7 @@ def _prepare(model, processor, prompt, image, audio, resize_shape):
         raise ValueError(f"the prompt has {n} tokens but the model's context is {ctx} tokens")
     return inputs
 
-# %% ../nbs/07_generate.ipynb #573c9cfa
+# %% ../nbs/07_generate.ipynb #82ee28b2
 def stream_generate(model, processor, prompt: str, image=None, audio=None, **kwargs):
     "Yield a `GenerationResult` per generated token (its `text` is the new text segment)."
     from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -212,7 +212,7 @@ def stream_generate(model, processor, prompt: str, image=None, audio=None, **kwa
                                    finish_reason="stop" if stop else "length" if n == max_tokens else None)
             if stop: break
 
-# %% ../nbs/07_generate.ipynb #2e3c52ca
+# %% ../nbs/07_generate.ipynb #54d553d4
 def generate(model, processor, prompt: str, image=None, audio=None, verbose: bool = False, **kwargs) -> GenerationResult:
     "Generate a full answer; with `verbose` print it as it streams, then the speed and memory figures."
     if verbose: print("=" * 10, f"\nPrompt: {prompt}\n", sep="")
@@ -232,7 +232,7 @@ def generate(model, processor, prompt: str, image=None, audio=None, verbose: boo
                             prompt_tps=last.prompt_tps, generation_tps=last.generation_tps,
                             peak_memory=last.peak_memory, finish_reason=last.finish_reason)
 
-# %% ../nbs/07_generate.ipynb #e9949480
+# %% ../nbs/07_generate.ipynb #d290ad31
 def batch_generate(model, processor, images=None, prompts=None, max_tokens=128, verbose: bool = False,
                    **kwargs) -> BatchResponse:
     "Generate for several prompts at once; `images` gives one entry (image, list or None) per prompt."
