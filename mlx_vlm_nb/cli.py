@@ -7,10 +7,10 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/cli.html.md"""
 # %% auto #0
 __all__ = ['main']
 
-# %% ../nbs/09_cli.ipynb #3fd1d5bb
+# %% ../nbs/09_cli.ipynb #f12fabf5
 import argparse, sys
 
-# %% ../nbs/09_cli.ipynb #a151b9a8
+# %% ../nbs/09_cli.ipynb #7a2d877e
 def _generate_parser(sub):
     p = sub.add_parser("generate", help="generate text from a prompt and images")
     a = p.add_argument
@@ -42,11 +42,11 @@ def _generate_parser(sub):
     a("--verbose", action=argparse.BooleanOptionalAction, default=True, help="print the stream and the stats")
     return p
 
-# %% ../nbs/09_cli.ipynb #a4f9abbe
+# %% ../nbs/09_cli.ipynb #87075bd2
 def _run_generate(args):
-    from mlx_vlm_nb.load import load
+    from mlx_vlm_nb.loading import load
     from mlx_vlm_nb.prompt import apply_chat_template
-    from mlx_vlm_nb.generate import generate
+    from mlx_vlm_nb.generation import generate
     model, processor = load(args.model, adapter_path=args.adapter_path, revision=args.revision,
                             trust_remote_code=args.trust_remote_code)
     images = args.image or []
@@ -66,7 +66,7 @@ def _run_generate(args):
     if not args.verbose: print(result.text)
     return result
 
-# %% ../nbs/09_cli.ipynb #0d223c25
+# %% ../nbs/09_cli.ipynb #74742393
 def _tiny_parser(sub):
     p = sub.add_parser("tiny", help="build a tiny random-weight checkpoint offline (needs the factory extra)")
     p.add_argument("model_type", help="a supported model_type, e.g. qwen2_vl")
@@ -89,7 +89,7 @@ def _run_tiny(args):
     if args.image_out: sample_image(224, 168, seed=args.seed).save(args.image_out)
     print(path)
 
-# %% ../nbs/09_cli.ipynb #892c6dcb
+# %% ../nbs/09_cli.ipynb #1cc6c863
 def main(argv=None):
     "Entry point of the `mlx_vlm_nb` console script."
     parser = argparse.ArgumentParser(prog="mlx_vlm_nb", description="Run vision-language models on MLX.")

@@ -7,13 +7,13 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/processors.html.md"""
 # %% auto #0
 __all__ = ['load_image', 'resize_image', 'image_only', 'read_chat_template', 'load_processor', 'image_token_of', 'prepare_inputs']
 
-# %% ../nbs/03_processors.ipynb #81197e83
+# %% ../nbs/03_processors.ipynb #9e0fdb71
 import io, json, os, urllib.request
 from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# %% ../nbs/03_processors.ipynb #a5e0dd06
+# %% ../nbs/03_processors.ipynb #cbbadc19
 def load_image(source, timeout: float = 10) -> Image.Image:
     "An RGB PIL image from a path, an http(s) URL, raw bytes or a PIL image."
     if isinstance(source, Image.Image): img = source
@@ -40,7 +40,7 @@ def _open(f, name):
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image {name}: {e}") from None
 
-# %% ../nbs/03_processors.ipynb #db800f6e
+# %% ../nbs/03_processors.ipynb #f70e862d
 def resize_image(img: Image.Image, resize_shape=None) -> Image.Image:
     "Resize to `(height, width)` (or a square side) if asked."
     if resize_shape is None: return img
@@ -48,7 +48,7 @@ def resize_image(img: Image.Image, resize_shape=None) -> Image.Image:
     if h <= 0 or w <= 0: raise ValueError(f"resize_shape must be positive, got {resize_shape}")
     return img.resize((w, h), Image.BICUBIC)
 
-# %% ../nbs/03_processors.ipynb #99b593a8
+# %% ../nbs/03_processors.ipynb #44de494c
 def image_only(processor_class):
     "A subclass of a transformers processor class with no video processor (those need torch)."
     class ImageOnly(processor_class):
@@ -59,7 +59,7 @@ def image_only(processor_class):
     ImageOnly.__doc__ = processor_class.__doc__
     return ImageOnly
 
-# %% ../nbs/03_processors.ipynb #3f0d03cb
+# %% ../nbs/03_processors.ipynb #e9a19c47
 def read_chat_template(model_path) -> str|None:
     "The chat template of a checkpoint folder: `chat_template.jinja`, `chat_template.json` or the tokenizer config."
     model_path = Path(model_path)
@@ -68,20 +68,22 @@ def read_chat_template(model_path) -> str|None:
     if (p := model_path/"tokenizer_config.json").exists(): return json.loads(p.read_text()).get("chat_template")
     return None
 
-# %% ../nbs/03_processors.ipynb #67eb59bd
+# %% ../nbs/03_processors.ipynb #65236b94
 def load_processor(model_path, family, **kwargs):
     "The family's transformers processor for a local checkpoint folder, with the PIL image processor."
     import transformers
     from transformers import AutoTokenizer
     model_path = Path(model_path)
-    if not (model_path/"preprocessor_config.json").exists():
-        raise FileNotFoundError(f"no preprocessor_config.json in {model_path}: the image processor cannot be built")
+    # transformers 4 writes preprocessor_config.json; transformers 5 nests it in processor_config.json
+    if not any((model_path/f).exists() for f in ("preprocessor_config.json", "processor_config.json")):
+        raise FileNotFoundError(f"no preprocessor_config.json or processor_config.json in {model_path}: "
+                                "the image processor cannot be built")
     tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
     image_processor = getattr(transformers, family.image_processor_class).from_pretrained(model_path)
     cls = image_only(getattr(transformers, family.processor_class))
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=read_chat_template(model_path))
 
-# %% ../nbs/03_processors.ipynb #512ae225
+# %% ../nbs/03_processors.ipynb #094d9203
 def image_token_of(processor) -> str:
     "The placeholder string a processor expands into image tokens."
     tok = getattr(processor, "image_token", None)
@@ -97,7 +99,7 @@ def _group_images(images, n_prompts):
         raise ValueError(f"got {len(images)} image entries for {n_prompts} prompts: give one entry (an image, a list or None) per prompt")
     return [[] if i is None else list(i) if isinstance(i, (list, tuple)) else [i] for i in images]
 
-# %% ../nbs/03_processors.ipynb #5f9c7ee0
+# %% ../nbs/03_processors.ipynb #0ff32416
 def prepare_inputs(processor, prompts, images=None, resize_shape=None, max_images=None) -> dict:
     "Processor outputs as MLX arrays for one prompt or a left-padded batch, after checking image counts."
     import mlx.core as mx

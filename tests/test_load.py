@@ -6,7 +6,7 @@ import pytest
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_vlm_nb import load
-from mlx_vlm_nb.load import load_model, load_weights, CheckpointError
+from mlx_vlm_nb.loading import load_model, load_weights, CheckpointError
 from mlx_vlm_nb.config import ConfigError
 from mlx_vlm_nb.factory import cached_checkpoint
 from mlx_vlm_nb.parity import run_parity, Case

@@ -44,10 +44,11 @@ def test_mlx_vlm_converted_fp32(family):
             assert r.greedy_match == r.greedy_total
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_mlx_vlm_converted_4bit(family):
-    hub, mlx4 = cached_checkpoint(family, "hub"), cached_checkpoint(family, "mlx", quantize_bits=4)
-    assert json.loads((Path(mlx4)/"config.json").read_text())["quantization"]["bits"] == 4
-    results = run_parity(mlx4, reference_dir=hub, references=("mlx-vlm",))
-    _record(family, "mlx 4-bit", results)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mlx_vlm_converted_quantized(family, bits):
+    hub, mlxq = cached_checkpoint(family, "hub"), cached_checkpoint(family, "mlx", quantize_bits=bits)
+    assert json.loads((Path(mlxq)/"config.json").read_text())["quantization"]["bits"] == bits
+    results = run_parity(mlxq, reference_dir=hub, references=("mlx-vlm",))
+    _record(family, f"mlx {bits}-bit", results)
     for r in results:
         assert r.greedy_match == r.greedy_total, f"{r.case}: greedy tokens differ from mlx-vlm at step {r.greedy_match}"
