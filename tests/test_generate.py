@@ -188,3 +188,13 @@ def test_cli_generate(ckpt, img):
     r = subprocess.run([sys.executable, "-m", "mlx_vlm_nb", "generate", "--model", str(ckpt), "--image", img, img,
                         "--max-tokens", "2", "--top-p", "2"], capture_output=True, text=True)
     assert r.returncode == 2 and "top_p=2" in r.stderr and "Traceback" not in r.stderr
+
+def test_vision_cache_second_turn(mp, img):
+    from mlx_vlm_nb.caches.vision import VisionFeatureCache
+    model, processor = mp
+    vc = VisionFeatureCache()
+    turn1 = generate(model, processor, _prompt(mp), image=img, max_tokens=6, vision_cache=vc)
+    assert (vc.stats.misses, vc.stats.hits) == (1, 0)
+    again = generate(model, processor, _prompt(mp), image=img, max_tokens=6, vision_cache=vc)
+    assert again.text == turn1.text == generate(model, processor, _prompt(mp), image=img, max_tokens=6).text
+    assert (vc.stats.misses, vc.stats.hits) == (1, 1) and vc.stats.encoder_seconds_saved > 0
