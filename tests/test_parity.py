@@ -26,7 +26,7 @@ def _check_transformers(results):
         assert r.greedy_match == r.greedy_total, f"{r.case}: greedy tokens differ at step {r.greedy_match}"
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("layout", ["hub", "transformers5"])
+@pytest.mark.parametrize("layout", ["hub", "transformers5", "transformers5_new_names"])
 def test_against_transformers(family, layout):
     results = run_parity(cached_checkpoint(family, layout))
     _record(family, layout, results)
