@@ -29,3 +29,12 @@ def __getattr__(name):
 
 def __dir__(): return sorted([*globals(), *_LAZY])
 
+
+def load_ipython_extension(ip):
+    "`%load_ext mlx_vlm_nb`: the `%vlm` line magic and `%%vlm` cell magic (`mlx_vlm_nb.magics`, imported only now)."
+    from .magics import load_ipython_extension as _load
+    _load(ip)
+
+def unload_ipython_extension(ip):
+    from .magics import unload_ipython_extension as _unload
+    _unload(ip)

@@ -9,7 +9,7 @@ __all__ = ['KV_BITS', 'GenerationResult', 'BatchStats', 'BatchResponse', 'make_c
            'thinking_budget_processor', 'prefill', 'generate_step', 'stream_generate', 'collect', 'generate',
            'batch_generate']
 
-# %% ../nbs/07_generation.ipynb #ab18a3a3
+# %% ../nbs/07_generation.ipynb #f18cb2f3
 import contextlib, time
 from dataclasses import dataclass, field
 import mlx.core as mx
@@ -17,7 +17,7 @@ from .config import config_value
 from .processors import prepare_inputs, load_image
 from .sampling import SamplingSettings, make_sampler, make_logits_processors
 
-# %% ../nbs/07_generation.ipynb #764bf3b3
+# %% ../nbs/07_generation.ipynb #0437de37
 @dataclass
 class GenerationResult:
     "One step of a generation (streaming) or the whole of it (`generate`); fields as in mlx-vlm."
@@ -32,7 +32,16 @@ class GenerationResult:
     peak_memory: float = 0.0            # GB
     finish_reason: str|None = None      # "stop" (an end token), "length" (max_tokens) or None while running
 
-# %% ../nbs/07_generation.ipynb #79853478
+    # notebook displays (text and a stats line; see `mlx_vlm_nb.display`); `repr()` stays the dataclass repr
+    def _repr_html_(self):
+        from mlx_vlm_nb.display import result_html
+        return result_html(self)
+
+    def _repr_pretty_(self, p, cycle):
+        from mlx_vlm_nb.display import result_text
+        p.text(result_text(self))
+
+# %% ../nbs/07_generation.ipynb #0bdb3d48
 @dataclass
 class BatchStats:
     "Statistics of a `batch_generate` call."
@@ -51,7 +60,15 @@ class BatchResponse:
     stats: BatchStats
     image_sizes: list|None = None
 
-# %% ../nbs/07_generation.ipynb #ca696e1e
+    def _repr_html_(self):
+        from mlx_vlm_nb.display import batch_html
+        return batch_html(self)
+
+    def _repr_pretty_(self, p, cycle):
+        from mlx_vlm_nb.display import batch_text
+        p.text(batch_text(self))
+
+# %% ../nbs/07_generation.ipynb #e57770f0
 KV_BITS = (2, 3, 4, 5, 6, 8)
 
 def make_cache(model, max_kv_size: int|None = None):
@@ -71,7 +88,7 @@ def check_kv_bits(kv_bits, kv_group_size=64, head_dim=None):
         raise ValueError(f"kv_group_size={kv_group_size} does not divide this model's head_dim={head_dim}: "
                          f"choose a group size among {[g for g in (32, 64, 128) if head_dim % g == 0] or 'none (head_dim < 32)'}")
 
-# %% ../nbs/07_generation.ipynb #43f87e8c
+# %% ../nbs/07_generation.ipynb #e1925ef7
 def eos_token_ids(model, tokenizer, eos_tokens=None) -> set:
     "End-of-generation ids: the config's, the tokenizer's, and any `eos_tokens` strings."
     ids = set()
@@ -89,7 +106,7 @@ def eos_token_ids(model, tokenizer, eos_tokens=None) -> set:
         ids.add(tid)
     return ids
 
-# %% ../nbs/07_generation.ipynb #54592593
+# %% ../nbs/07_generation.ipynb #b141882c
 def thinking_budget_processor(tokenizer, budget: int):
     "A logits processor that closes a `<think>` block after `budget` thinking tokens."
     start, end = (tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>"))
@@ -105,7 +122,7 @@ def thinking_budget_processor(tokenizer, budget: int):
         return mx.put_along_axis(forced, mx.array([[end]]), mx.zeros((logits.shape[0], 1), logits.dtype), axis=-1)
     return process
 
-# %% ../nbs/07_generation.ipynb #4900f214
+# %% ../nbs/07_generation.ipynb #a01c3c8f
 def _sample(logits, tokens, sampler, processors):
     for p in processors: logits = p(tokens, logits)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -123,7 +140,7 @@ def prefill(model, inputs: dict, cache, prefill_step_size: int = 2048):
         if s + step < n: mx.eval([c.state for c in cache])
     return logits[:, -1, :], emb.lm_kwargs
 
-# %% ../nbs/07_generation.ipynb #70822a50
+# %% ../nbs/07_generation.ipynb #c594331e
 def generate_step(model, inputs: dict, *, cache=None, sampler=None, logits_processors=(), max_tokens: int = 256,
                   prefill_step_size: int = 2048, kv_bits=None, kv_group_size: int = 64, quantized_kv_start: int = 0):
     "Yield `(token, logprobs)` pairs: prefill `inputs`, then decode one token per step."
@@ -145,7 +162,7 @@ def generate_step(model, inputs: dict, *, cache=None, sampler=None, logits_proce
         yield y.item(), logprobs[0]
         if n + 1 < max_tokens: y, logprobs = next_y, next_lp
 
-# %% ../nbs/07_generation.ipynb #6b77e145
+# %% ../nbs/07_generation.ipynb #bf132904
 def _context_size(model):
     return config_value(model.hf_config, "max_position_embeddings", ("", "text_config"), default=None)
 
@@ -168,7 +185,7 @@ def _prepare(model, processor, prompt, image, audio, resize_shape):
         raise ValueError(f"the prompt has {n} tokens but the model's context is {ctx} tokens")
     return inputs
 
-# %% ../nbs/07_generation.ipynb #d12aabdf
+# %% ../nbs/07_generation.ipynb #30ac5337
 def stream_generate(model, processor, prompt: str, image=None, audio=None, **kwargs):
     "Yield a `GenerationResult` per generated token (its `text` is the new text segment)."
     from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -219,7 +236,7 @@ def stream_generate(model, processor, prompt: str, image=None, audio=None, **kwa
                                    finish_reason="stop" if stop else "length" if n == max_tokens else None)
             if stop: break
 
-# %% ../nbs/07_generation.ipynb #05414639
+# %% ../nbs/07_generation.ipynb #5a6c4acb
 def collect(pieces, on_piece=None) -> GenerationResult:
     """Fold the per-token results of `stream_generate` into one (full text, last step's stats).
     `on_piece(piece, text_so_far)` sees each piece; an interrupt (Ctrl-C, a Stop button) ends the stream early and
@@ -239,21 +256,26 @@ def collect(pieces, on_piece=None) -> GenerationResult:
                             prompt_tps=last.prompt_tps, generation_tps=last.generation_tps,
                             peak_memory=last.peak_memory, finish_reason=reason or last.finish_reason)
 
-# %% ../nbs/07_generation.ipynb #929f3b90
-def generate(model, processor, prompt: str, image=None, audio=None, verbose: bool = False, **kwargs) -> GenerationResult:
-    "Generate a full answer; with `verbose` print it as it streams, then the speed and memory figures."
-    if verbose: print("=" * 10, f"\nPrompt: {prompt}\n", sep="")
+# %% ../nbs/07_generation.ipynb #0dc18adc
+def generate(model, processor, prompt: str, image=None, audio=None, verbose: bool = False, stream: bool = False,
+             **kwargs) -> GenerationResult:
+    """Generate a full answer; with `verbose` print it as it streams, then the speed and memory figures; with `stream`
+    show it live in the notebook cell (`mlx_vlm_nb.display.show_stream`; printed outside IPython)."""
+    if verbose and not stream: print("=" * 10, f"\nPrompt: {prompt}\n", sep="")
     pieces = stream_generate(model, processor, prompt, image=image, audio=audio, **kwargs)
-    result = collect(pieces, (lambda p, _: print(p.text, end="", flush=True)) if verbose else None)
+    if stream:
+        from mlx_vlm_nb.display import show_stream
+        result = show_stream(pieces)
+    else: result = collect(pieces, (lambda p, _: print(p.text, end="", flush=True)) if verbose else None)
     if result.finish_reason == "interrupted": raise KeyboardInterrupt  # generate() keeps Python's usual Ctrl-C
-    if verbose:
+    if verbose and not stream:
         print("\n" + "=" * 10)
         print(f"Prompt: {result.prompt_tokens} tokens, {result.prompt_tps:.3f} tokens-per-sec")
         print(f"Generation: {result.generation_tokens} tokens, {result.generation_tps:.3f} tokens-per-sec")
         print(f"Peak memory: {result.peak_memory:.3f} GB")
     return result
 
-# %% ../nbs/07_generation.ipynb #5f035b32
+# %% ../nbs/07_generation.ipynb #2ebb404e
 def batch_generate(model, processor, images=None, prompts=None, max_tokens=128, verbose: bool = False,
                    **kwargs) -> BatchResponse:
     "Generate for several prompts at once; `images` gives one entry (image, list or None) per prompt."

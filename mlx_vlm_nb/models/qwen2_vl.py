@@ -10,13 +10,13 @@ __all__ = ['ACTIVATIONS', 'TextConfig', 'VisionConfig', 'ModelConfig', 'Attentio
            'LanguageModel', 'PatchEmbed', 'segment_attention', 'VisionAttention', 'VisionMLP', 'VisionBlock',
            'PatchMerger', 'VisionModel', 'Model']
 
-# %% ../../nbs/models/qwen2_vl.ipynb #32072cc7
+# %% ../../nbs/models/qwen2_vl.ipynb #918fd43c
 from ..config import ConfigError, config_value
-from .base import InputEmbeddings
+from .base import InputEmbeddings, VLMBase
 from .rope import (rope_inv_freq, apply_rotary, mrope_cos_sin, mrope_position_ids,
                                     vision_position_ids, vision_rope_cos_sin)
 
-# %% ../../nbs/models/qwen2_vl.ipynb #4db061fc
+# %% ../../nbs/models/qwen2_vl.ipynb #e6222b2b
 from dataclasses import dataclass
 import numpy as np
 import mlx.core as mx
@@ -24,7 +24,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
-# %% ../../nbs/models/qwen2_vl.ipynb #3de41019
+# %% ../../nbs/models/qwen2_vl.ipynb #9fca76c5
 _TEXT = ("", "text_config")
 _ROPE = ("rope_scaling", "rope_parameters", "text_config.rope_scaling", "text_config.rope_parameters")
 _VISION = ("vision_config",)
@@ -39,7 +39,7 @@ def _activation(name: str, what: str) -> str:
     if name not in ACTIVATIONS: raise ConfigError(f"{what}: activation {name!r} is not supported ({sorted(ACTIVATIONS)})")
     return name
 
-# %% ../../nbs/models/qwen2_vl.ipynb #388d9a4f
+# %% ../../nbs/models/qwen2_vl.ipynb #dd6365af
 @dataclass
 class TextConfig:
     "The Qwen2 language model of Qwen2-VL / Qwen2.5-VL."
@@ -98,7 +98,7 @@ class TextConfig:
         if any(t != "full_attention" for t in config_value(cfg, "layer_types", _TEXT, default=[], what=what)):
             raise ConfigError(f"{what}: only full-attention layers are supported")
 
-# %% ../../nbs/models/qwen2_vl.ipynb #b86fba7c
+# %% ../../nbs/models/qwen2_vl.ipynb #ea707282
 @dataclass
 class VisionConfig:
     "The ViT of Qwen2-VL (LayerNorm blocks with a `fc1`/`fc2` MLP)."
@@ -133,7 +133,7 @@ def _vision_rope_theta(cfg, what) -> float:
     if kind != "axial": raise ConfigError(f"{what}: vision rope type {kind!r} is not supported (only axial)")
     return float(config_value(cfg, "rope_theta", ("vision_config", "vision_config.rope_parameters"), 10000.0, what=what))
 
-# %% ../../nbs/models/qwen2_vl.ipynb #cfe9700c
+# %% ../../nbs/models/qwen2_vl.ipynb #15cec5f4
 @dataclass
 class ModelConfig:
     "Qwen2-VL: text and vision configs plus the placeholder token ids."
@@ -160,7 +160,7 @@ class ModelConfig:
                (("image_token_id", 151655), ("video_token_id", 151656), ("vision_start_token_id", 151652))}
         return cls(text, vision, model_type=what, **ids)
 
-# %% ../../nbs/models/qwen2_vl.ipynb #cbda806d
+# %% ../../nbs/models/qwen2_vl.ipynb #b0452567
 class Attention(nn.Module):
     def __init__(self, args: TextConfig):
         super().__init__()
@@ -204,7 +204,7 @@ class DecoderLayer(nn.Module):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
-# %% ../../nbs/models/qwen2_vl.ipynb #f230c881
+# %% ../../nbs/models/qwen2_vl.ipynb #02a8c83c
 def _cache_offset(c):
     "Tokens already in cache `c`: an int, or a `(B,)` array for batch caches (real tokens only)."
     return 0 if c is None else c.offset
@@ -250,7 +250,7 @@ class LanguageModel(nn.Module):
     @property
     def layers(self): return self.model.layers
 
-# %% ../../nbs/models/qwen2_vl.ipynb #f7c3154a
+# %% ../../nbs/models/qwen2_vl.ipynb #8ac7a112
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, temporal_patch_size: int, in_channels: int, embed_dim: int):
         super().__init__()
@@ -264,7 +264,7 @@ class PatchEmbed(nn.Module):
         x = x.astype(w.dtype).reshape(-1, *self.shape).transpose(0, 2, 3, 4, 1).reshape(x.shape[0], -1)
         return x @ w.reshape(w.shape[0], -1).T
 
-# %% ../../nbs/models/qwen2_vl.ipynb #86d9593f
+# %% ../../nbs/models/qwen2_vl.ipynb #cc5821cf
 def segment_attention(q, k, v, seqlens, scale: float):
     "Attention of `(N, heads, head_dim)` q, k, v within consecutive segments of `seqlens` tokens -> `(N, heads*head_dim)`."
     seqlens = np.asarray(seqlens, np.int64).reshape(-1)
@@ -285,7 +285,7 @@ def segment_attention(q, k, v, seqlens, scale: float):
     inverse = np.argsort(np.concatenate(order))
     return mx.concatenate(out)[mx.array(inverse)]
 
-# %% ../../nbs/models/qwen2_vl.ipynb #119001a7
+# %% ../../nbs/models/qwen2_vl.ipynb #2f315755
 class VisionAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -330,7 +330,7 @@ class PatchMerger(nn.Module):
         for layer in self.mlp: x = layer(x)
         return x
 
-# %% ../../nbs/models/qwen2_vl.ipynb #1f4581e5
+# %% ../../nbs/models/qwen2_vl.ipynb #7ffa72de
 class VisionModel(nn.Module):
     "Qwen2-VL's ViT: patches `(num_patches, C*T*P*P)` and their grids -> one feature per merged patch."
     def __init__(self, config: VisionConfig):
@@ -350,7 +350,7 @@ class VisionModel(nn.Module):
         for blk in self.blocks: x = blk(x, cos, sin, frames)
         return self.merger(x)
 
-# %% ../../nbs/models/qwen2_vl.ipynb #28ca69dc
+# %% ../../nbs/models/qwen2_vl.ipynb #27cbac53
 def _check_placeholders(ids: np.ndarray, token_id: int, grid, merge: int, kind: str) -> np.ndarray:
     "Flat positions of the placeholder tokens; their number must match the features the grids will produce."
     pos = np.flatnonzero(ids.reshape(-1) == token_id)
@@ -370,8 +370,8 @@ def _padding_mask(attention_mask, L: int):
     # a padded query would see no key at all (NaN in softmax): let every query see itself
     return ((k <= q) & am[:, None, None, :]) | (k == q)
 
-# %% ../../nbs/models/qwen2_vl.ipynb #872441cc
-class Model(nn.Module):
+# %% ../../nbs/models/qwen2_vl.ipynb #0e29ade4
+class Model(VLMBase):
     "Qwen2-VL for conditional generation."
     def __init__(self, config: ModelConfig):
         super().__init__()
