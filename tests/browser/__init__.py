@@ -1,0 +1,1 @@
+"Real-browser notebook tests: JupyterLab + Playwright (Debian chromium). Helpers live in `harness`."
