@@ -7,12 +7,12 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/blas.html.md"""
 # %% auto #0
 __all__ = ['BLAS', 'blas_candidates', 'BlasState', 'load_blas', 'doctor', 'print_doctor', 'matmul_gflops']
 
-# %% ../nbs/00_blas.ipynb #7f5cbc4d
+# %% ../nbs/00_blas.ipynb #d1cbbb57
 import ctypes, os, platform, subprocess, sys, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# %% ../nbs/00_blas.ipynb #5d1d1e24
+# %% ../nbs/00_blas.ipynb #8ee717b6
 _SYSTEM_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -37,7 +37,7 @@ def _ldconfig_candidates():
     # the pthread OpenBLAS variant first: it uses every core
     return sorted(found, key=lambda p: ("pthread" not in p, p))
 
-# %% ../nbs/00_blas.ipynb #0af53a3e
+# %% ../nbs/00_blas.ipynb #04179cae
 def blas_candidates() -> list:
     "Paths of optimized BLAS libraries to try, best first (the `MLX_VLM_NB_BLAS` override leads)."
     env = os.environ.get("MLX_VLM_NB_BLAS")
@@ -47,7 +47,7 @@ def blas_candidates() -> list:
         if p not in seen and os.path.exists(p): seen.add(p); out.append(p)
     return out
 
-# %% ../nbs/00_blas.ipynb #b718b930
+# %% ../nbs/00_blas.ipynb #49fde9a2
 @dataclass
 class BlasState:
     "What the BLAS bootstrap did."
@@ -61,7 +61,7 @@ BLAS = BlasState()
 _INSTALL_HINT = ("install an optimized BLAS, e.g. `sudo apt-get install libopenblas0-pthread` (Debian/Ubuntu) "
                  "or `conda install openblas`, or point MLX_VLM_NB_BLAS at one")
 
-# %% ../nbs/00_blas.ipynb #8ca80e37
+# %% ../nbs/00_blas.ipynb #cef905e0
 def load_blas(quiet: bool = False) -> BlasState:
     "Load an optimized BLAS into the global symbol scope before `mlx.core` is imported (Linux only)."
     if BLAS.status == "loaded": return BLAS
@@ -89,7 +89,7 @@ def load_blas(quiet: bool = False) -> BlasState:
     if not quiet: warnings.warn(BLAS.message, stacklevel=2)
     return BLAS
 
-# %% ../nbs/00_blas.ipynb #2d2b6e09
+# %% ../nbs/00_blas.ipynb #4b98cb17
 def _version(pkg):
     from importlib.metadata import version, PackageNotFoundError
     try: return version(pkg)
@@ -99,7 +99,7 @@ def _total_memory_gb():
     try: return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError): return None
 
-# %% ../nbs/00_blas.ipynb #45307b62
+# %% ../nbs/00_blas.ipynb #895bab8a
 def doctor() -> dict:
     "A report of backend, device, BLAS, threads, memory and library versions."
     import mlx.core as mx
@@ -124,7 +124,7 @@ def print_doctor():
     w = max(map(len, info))
     for k, v in info.items(): print(f"{k:<{w}}  {v}")
 
-# %% ../nbs/00_blas.ipynb #1cf2314a
+# %% ../nbs/00_blas.ipynb #6b7984ac
 def matmul_gflops(m=512, k=1536, n=4096, repeats=3) -> float:
     "Measured fp32 matmul throughput of MLX on the default device, in GFLOP/s."
     import time, mlx.core as mx

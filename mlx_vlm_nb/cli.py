@@ -7,10 +7,10 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/cli.html.md"""
 # %% auto #0
 __all__ = ['main']
 
-# %% ../nbs/09_cli.ipynb #f12fabf5
+# %% ../nbs/09_cli.ipynb #806f5a7f
 import argparse, sys
 
-# %% ../nbs/09_cli.ipynb #7a2d877e
+# %% ../nbs/09_cli.ipynb #a60b9b9e
 def _generate_parser(sub):
     p = sub.add_parser("generate", help="generate text from a prompt and images")
     a = p.add_argument
@@ -42,7 +42,7 @@ def _generate_parser(sub):
     a("--verbose", action=argparse.BooleanOptionalAction, default=True, help="print the stream and the stats")
     return p
 
-# %% ../nbs/09_cli.ipynb #87075bd2
+# %% ../nbs/09_cli.ipynb #874366af
 def _run_generate(args):
     from mlx_vlm_nb.loading import load
     from mlx_vlm_nb.prompt import apply_chat_template
@@ -66,7 +66,7 @@ def _run_generate(args):
     if not args.verbose: print(result.text)
     return result
 
-# %% ../nbs/09_cli.ipynb #74742393
+# %% ../nbs/09_cli.ipynb #aad4f2ea
 def _tiny_parser(sub):
     p = sub.add_parser("tiny", help="build a tiny random-weight checkpoint offline (needs the factory extra)")
     p.add_argument("model_type", help="a supported model_type, e.g. qwen2_vl")
@@ -89,7 +89,7 @@ def _run_tiny(args):
     if args.image_out: sample_image(224, 168, seed=args.seed).save(args.image_out)
     print(path)
 
-# %% ../nbs/09_cli.ipynb #1cc6c863
+# %% ../nbs/09_cli.ipynb #484c3091
 def main(argv=None):
     "Entry point of the `mlx_vlm_nb` console script."
     parser = argparse.ArgumentParser(prog="mlx_vlm_nb", description="Run vision-language models on MLX.")

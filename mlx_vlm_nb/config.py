@@ -7,12 +7,12 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/config.html.md"""
 # %% auto #0
 __all__ = ['ConfigError', 'config_value', 'load_config', 'checkpoint_layout']
 
-# %% ../nbs/01_config.ipynb #db89089b
+# %% ../nbs/01_config.ipynb #ec572701
 import json
 from pathlib import Path
 from typing import Any
 
-# %% ../nbs/01_config.ipynb #e429261a
+# %% ../nbs/01_config.ipynb #b6b559a2
 class ConfigError(ValueError):
     "A checkpoint's configuration is missing, inconsistent or asks for something we do not support."
 
@@ -25,7 +25,7 @@ def _get_path(d: dict, path: str):
         d = d[part]
     return d
 
-# %% ../nbs/01_config.ipynb #3d650a2f
+# %% ../nbs/01_config.ipynb #66d7382c
 def config_value(cfg: dict, key: str, sections=("",), default: Any = _MISSING, aliases=(), what: str = "config"):
     "Read `key` (or an alias) from every section of `cfg` that may hold it; all holders must agree."
     found = {}
@@ -41,7 +41,7 @@ def config_value(cfg: dict, key: str, sections=("",), default: Any = _MISSING, a
         raise ConfigError(f"{what}: required key {key!r} not found (looked in {[s or '<top>' for s in sections]})")
     return default
 
-# %% ../nbs/01_config.ipynb #3888e4e4
+# %% ../nbs/01_config.ipynb #6a5fb1af
 def load_config(model_path, **overrides) -> dict:
     "The `config.json` of a local checkpoint folder as a dict (with `generation_config.json`'s eos ids)."
     model_path = Path(model_path)
@@ -58,7 +58,7 @@ def load_config(model_path, **overrides) -> dict:
     cfg.update(overrides)
     return cfg
 
-# %% ../nbs/01_config.ipynb #7794c572
+# %% ../nbs/01_config.ipynb #897fdfba
 def checkpoint_layout(cfg: dict, weight_keys=()) -> str:
     "'mlx' (converted by mlx-vlm), 'transformers5' (save_pretrained of transformers 5) or 'hub'."
     keys = list(weight_keys)

@@ -72,7 +72,7 @@ def result_html(r) -> str:
     foot = " &middot; ".join(_esc(s) for s in stats) + (f" &middot; {badge}" if badge else "")
     return f'<div style="{_BOX}"><div dir="auto" style="{_TEXT}">{text}</div><div style="{_FOOT}">{foot}</div></div>'
 
-# %% ../nbs/11_display.ipynb #4c943609
+# %% ../nbs/11_display.ipynb #e9701cf4
 def batch_stats_line(s) -> str:
     "One line of a `BatchStats`, as plain text."
     return (f"prompt {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tokens/s | generation {s.generation_tokens} tokens, "
@@ -95,7 +95,7 @@ def batch_html(b) -> str:
     return (f'<div style="{_BOX}">{_table(rows, ("#", "image (w x h)", "text"))}'
             f'<div style="{_FOOT}">{len(b.texts)} prompts &middot; {foot}</div></div>')
 
-# %% ../nbs/11_display.ipynb #b8d73cba
+# %% ../nbs/11_display.ipynb #4ea30991
 def _quantized_modules(module) -> dict:
     "path -> (bits, group_size, mode) of every quantized layer under `module`."
     return {p: (m.bits, m.group_size, getattr(m, "mode", "affine")) for p, m in module.named_modules()
@@ -121,7 +121,7 @@ def _param_stats(module) -> dict:
         if mx.issubdtype(a.dtype, mx.floating): dtypes[str(a.dtype).removeprefix("mlx.core.")] += a.size
     return dict(parameters=n, bytes=nbytes, dtypes=dtypes, schemes=schemes)
 
-# %% ../nbs/11_display.ipynb #2d152130
+# %% ../nbs/11_display.ipynb #5231459a
 def model_summary(model) -> dict:
     "Family, source, layout, parameters, dtype, quantization and memory of a loaded model."
     import mlx.nn as nn
@@ -151,7 +151,7 @@ def _quant_text(q) -> str:
     layers = f", {q['layers']} layers" if q.get("layers") else ""
     return f"{q['bits']}-bit, group size {q['group_size']} ({q['mode']}{layers})"
 
-# %% ../nbs/11_display.ipynb #365b28e7
+# %% ../nbs/11_display.ipynb #39f112ce
 def model_text(model) -> str:
     "`text/plain` display of a model: a one-line summary (`print(model)` still prints the module tree)."
     s = model_summary(model)
@@ -175,7 +175,7 @@ def model_html(model) -> str:
     return (f'<div style="{_BOX}"><div><b>{_esc(s["model_type"])}</b> <span style="opacity: 0.7;">'
             f'{_esc(s["cls"])}, mlx_vlm_nb</span></div>{_table(rows)}</div>')
 
-# %% ../nbs/11_display.ipynb #e0a9ffa5
+# %% ../nbs/11_display.ipynb #51f61b54
 THUMB_SIZE = 128   # longest side of a thumbnail, in pixels
 MAX_THUMBS = 16    # thumbnails shown per display; more images are listed without one
 
@@ -189,7 +189,7 @@ def thumbnail(img, max_side: int = THUMB_SIZE) -> str:
     return (f'<img src="data:image/jpeg;base64,{data}" width="{t.width}" height="{t.height}" '
             f'alt="image {img.width}x{img.height}" style="display: block; margin-bottom: 2px;"/>')
 
-# %% ../nbs/11_display.ipynb #ea5ff879
+# %% ../nbs/11_display.ipynb #36cf254c
 def _images_info(inputs) -> list:
     "One dict per image: prompt index, original size, grid, processed size and token count."
     import numpy as np
@@ -221,7 +221,7 @@ def _image_caption(d) -> str:
     if d["tokens"] is not None: parts.append(f"{d['tokens']} tokens")
     return ", ".join(parts)
 
-# %% ../nbs/11_display.ipynb #1a2e85cc
+# %% ../nbs/11_display.ipynb #7f5cb002
 def inputs_text(inputs) -> str:
     "`text/plain` display of `ModelInputs`."
     n = _prompt_tokens(inputs)
@@ -249,7 +249,7 @@ def inputs_html(inputs) -> str:
                     ("array", "shape", "dtype"))
     return f'<div style="{_BOX}"><div>{head}</div>{imgs}{arrays}</div>'
 
-# %% ../nbs/11_display.ipynb #bdad854a
+# %% ../nbs/11_display.ipynb #847e5f7b
 def _shell():
     "The running IPython shell if it can update displays in place, else None."
     if "IPython" not in sys.modules: return None
@@ -268,7 +268,7 @@ def result_stats(r) -> dict:
 
 def _bundle(r) -> dict: return {"text/plain": result_text(r), "text/html": result_html(r)}
 
-# %% ../nbs/11_display.ipynb #89e337a6
+# %% ../nbs/11_display.ipynb #c3c80a96
 def _recording_shell(ip) -> bool:
     "Whether `ip` is execnb's `CaptureShell` (nbdev's test and execution runner): it keeps every update as an output."
     mod = sys.modules.get("execnb.shell")
@@ -282,7 +282,7 @@ def _live_result(text, p, finish_reason=None):
                             total_tokens=p.total_tokens, prompt_tps=p.prompt_tps, generation_tps=p.generation_tps,
                             peak_memory=p.peak_memory, finish_reason=finish_reason)
 
-# %% ../nbs/11_display.ipynb #4ff7fece
+# %% ../nbs/11_display.ipynb #87e5f333
 def show_stream(pieces, *, throttle: float = 0.1, metadata: dict | None = None, live: bool | None = None):
     """Show a `stream_generate` iterator live in the cell (throttled display updates with a stats footer) and
     return the folded `GenerationResult` (`finish_reason="interrupted"` after Ctrl-C). The output ends as the

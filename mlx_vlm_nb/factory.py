@@ -11,7 +11,7 @@ __all__ = ['SPECS', 'INIT_STD', 'EMBED_STD', 'NOISE_STD', 'FILLER', 'MLX_EXPECTE
            'check_hub_names', 'convert_to_mlx', 'make_checkpoint', 'sample_image', 'save_sample_images',
            'greedy_with_gaps', 'factory_cache_dir', 'checkpoint_key', 'cached_checkpoint']
 
-# %% ../nbs/08_factory.ipynb #1e03e174
+# %% ../nbs/08_factory.ipynb #b69bb01e
 import copy, hashlib, importlib.metadata, importlib.util, inspect, json, os, re, shutil, subprocess, sys, tempfile, uuid, zlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import mlx_vlm_nb
 
-# %% ../nbs/08_factory.ipynb #886d4d6a
+# %% ../nbs/08_factory.ipynb #3d38d9a4
 @dataclass(frozen=True)
 class FamilySpec:
     "How to build tiny checkpoints of one `model_type` from real Hub metadata."
@@ -55,7 +55,7 @@ def hub_meta_dir() -> Path:
     "Where the real Hub metadata shipped with the package lives."
     return Path(mlx_vlm_nb.__file__).parent/"assets"/"hub_meta"
 
-# %% ../nbs/08_factory.ipynb #ea97f74f
+# %% ../nbs/08_factory.ipynb #77e8a90d
 _QWEN_TEXT_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                    "num_key_value_heads": 2, "rope_scaling.mrope_section": [2, 3, 3]}
 _QWEN_INSTRUCT_TEMPLATE = "Qwen__Qwen2.5-VL-3B-Instruct/chat_template.json"
@@ -82,7 +82,7 @@ def get_spec(model_type: str) -> FamilySpec:
         raise ValueError(f"the factory cannot build {model_type!r}; it knows {', '.join(sorted(SPECS))}")
     return SPECS[model_type]
 
-# %% ../nbs/08_factory.ipynb #44401421
+# %% ../nbs/08_factory.ipynb #4c8d4304
 def _set_path(cfg: dict, path: str, value, what: str):
     *parents, last = path.split(".")
     d = cfg
@@ -116,7 +116,7 @@ def tiny_config(model_type: str, size: str = "tiny", **overrides) -> dict:
     _set_fp32(cfg)
     return cfg
 
-# %% ../nbs/08_factory.ipynb #63a86070
+# %% ../nbs/08_factory.ipynb #f43a7420
 INIT_STD, EMBED_STD, NOISE_STD = 0.3, 1.0, 0.1
 
 def init_weights_(model, seed: int = 0, std: float = INIT_STD, embed_std: float = EMBED_STD,
@@ -134,7 +134,7 @@ def init_weights_(model, seed: int = 0, std: float = INIT_STD, embed_std: float 
             else: p.add_(z * noise)  # norm scales stay around 1 (or 0 where stored as an offset), biases around 0
     return model
 
-# %% ../nbs/08_factory.ipynb #f08c4d57
+# %% ../nbs/08_factory.ipynb #2c41890c
 def build_model(model_type: str, size: str = "tiny", seed: int = 0, **overrides):
     "A random-weight transformers model (torch, fp32, eval mode) of the tiny config, and that config (Hub layout)."
     import torch, transformers
@@ -145,7 +145,7 @@ def build_model(model_type: str, size: str = "tiny", seed: int = 0, **overrides)
     model = getattr(transformers, spec.model_class)(config).float().eval()
     return init_weights_(model, seed, salt=model_type), cfg
 
-# %% ../nbs/08_factory.ipynb #696d30d9
+# %% ../nbs/08_factory.ipynb #2b94096b
 FILLER = "<|filler_{}|>"
 
 def _template_text(path: Path) -> str:
@@ -168,7 +168,7 @@ def build_tokenizer(model_type: str, vocab_size: int | None = None, chat_templat
     tok.chat_template = _template_text(spec.chat_template_asset(chat_template))
     return tok
 
-# %% ../nbs/08_factory.ipynb #768264c9
+# %% ../nbs/08_factory.ipynb #a35acb31
 def _processor_class_name(path: Path) -> str:
     "The processor class a checkpoint folder declares (or its family's)."
     for f in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
@@ -201,7 +201,7 @@ def reference_processor(path):
     finally: del proc.check_argument_for_proper_class
     return proc
 
-# %% ../nbs/08_factory.ipynb #f125db30
+# %% ../nbs/08_factory.ipynb #aa49e87e
 def _layer_pattern(name: str) -> str: return re.sub(r"\.\d+\.", ".N.", name)
 
 def check_hub_names(spec: FamilySpec, names) -> None:
@@ -244,7 +244,7 @@ def _hub_tokenizer_config(spec: FamilySpec, tok) -> str:
                                                                rstrip=t.rstrip, single_word=t.single_word, special=t.special))
     return json.dumps(tc, indent=2, ensure_ascii=False)
 
-# %% ../nbs/08_factory.ipynb #c8f43309
+# %% ../nbs/08_factory.ipynb #2479718d
 def _save_processor(proc, out: Path):
     "What `proc.save_pretrained(out)` writes, also for processors whose video processor is missing."
     attrs = type(proc).get_attributes()
@@ -262,7 +262,7 @@ def _write_transformers5(model, spec: FamilySpec, hub_files: Path, out: Path, ne
     model.save_pretrained(out, save_original_format=not new_names)
     _save_processor(reference_processor(hub_files), out)
 
-# %% ../nbs/08_factory.ipynb #18a1c71b
+# %% ../nbs/08_factory.ipynb #69dc0aac
 MLX_EXPECTED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json")
 
 def _require_mlx_vlm():
@@ -288,7 +288,7 @@ def convert_to_mlx(hub_dir, out_dir, quantize_bits: int | None = None, q_group_s
     if missing: raise RuntimeError(f"mlx_vlm convert wrote no {', '.join(missing)} in {out}")
     return out
 
-# %% ../nbs/08_factory.ipynb #5a152233
+# %% ../nbs/08_factory.ipynb #9de56397
 LAYOUTS = ("hub", "transformers5", "transformers5_new_names", "mlx")
 
 def make_checkpoint(model_type: str, out_dir, layout: str = "hub", *, quantize_bits: int | None = None,
@@ -329,7 +329,7 @@ def make_checkpoint(model_type: str, out_dir, layout: str = "hub", *, quantize_b
         raise
     return out
 
-# %% ../nbs/08_factory.ipynb #b7826de4
+# %% ../nbs/08_factory.ipynb #cbcf9a55
 def sample_image(width: int = 224, height: int = 168, seed: int = 0) -> Image.Image:
     "A deterministic synthetic RGB picture: shapes on a gradient background."
     if width < 1 or height < 1: raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -357,7 +357,7 @@ def save_sample_images(directory, sizes=((224, 168), (112, 84), (140, 112)), see
         sample_image(w, h, seed + i).save(paths[-1])
     return paths
 
-# %% ../nbs/08_factory.ipynb #fc7f54b4
+# %% ../nbs/08_factory.ipynb #38574f99
 def greedy_with_gaps(model, inputs: dict, steps: int = 32):
     "Greedy tokens of a transformers model and the top-1/top-2 logit gap at each step."
     import torch
@@ -369,7 +369,7 @@ def greedy_with_gaps(model, inputs: dict, steps: int = 32):
     top2 = torch.stack(out.scores)[:, 0].float().topk(2, dim=-1).values
     return out.sequences[0, n:].tolist(), (top2[:, 0] - top2[:, 1]).tolist()
 
-# %% ../nbs/08_factory.ipynb #06e661a6
+# %% ../nbs/08_factory.ipynb #ca0768bf
 def factory_cache_dir() -> Path:
     "Where `cached_checkpoint` keeps its checkpoints."
     if d := os.environ.get("MLX_VLM_NB_FACTORY_CACHE"): return Path(d).expanduser()

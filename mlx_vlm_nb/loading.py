@@ -7,7 +7,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/loading.html.md"""
 # %% auto #0
 __all__ = ['CheckpointError', 'get_model_path', 'weight_files', 'load_weights', 'quantize_like_checkpoint', 'load_model', 'load']
 
-# %% ../nbs/05_loading.ipynb #a462a8e5
+# %% ../nbs/05_loading.ipynb #09c4e391
 import glob, json, os
 from pathlib import Path
 import mlx.core as mx
@@ -15,11 +15,11 @@ import mlx.nn as nn
 from .config import load_config, checkpoint_layout, ConfigError
 from .registry import get_family
 
-# %% ../nbs/05_loading.ipynb #1ac9bd0b
+# %% ../nbs/05_loading.ipynb #2d819cfe
 class CheckpointError(ValueError):
     "A checkpoint's files are missing, corrupt, or do not match the model they describe."
 
-# %% ../nbs/05_loading.ipynb #4f00d8fb
+# %% ../nbs/05_loading.ipynb #e420a6a0
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 def get_model_path(path_or_hf_repo: str, revision: str|None = None, allow_patterns=None,
@@ -40,7 +40,7 @@ def get_model_path(path_or_hf_repo: str, revision: str|None = None, allow_patter
         raise FileNotFoundError(f"{path_or_hf_repo!r} is not a local folder and could not be fetched from the "
                                 f"Hugging Face Hub ({type(e).__name__}: {e})") from None
 
-# %% ../nbs/05_loading.ipynb #3d13bfa9
+# %% ../nbs/05_loading.ipynb #3f3b8881
 def weight_files(model_path) -> list[Path]:
     "The safetensors shards of a checkpoint, checked against its index when there is one."
     model_path = Path(model_path)
@@ -62,7 +62,7 @@ def load_weights(model_path) -> dict:
         except Exception as e: raise CheckpointError(f"cannot read {f}: corrupt or truncated safetensors file ({e})") from None
     return weights
 
-# %% ../nbs/05_loading.ipynb #cfaca8f6
+# %% ../nbs/05_loading.ipynb #6263156d
 def quantize_like_checkpoint(model: nn.Module, config: dict, weights: dict):
     "Swap in quantized layers wherever the checkpoint stores quantized weights."
     q = config.get("quantization") or config.get("quantization_config")
@@ -75,7 +75,7 @@ def quantize_like_checkpoint(model: nn.Module, config: dict, weights: dict):
     nn.quantize(model, group_size=q.get("group_size", 64), bits=q["bits"], mode=q.get("mode", "affine"),
                 class_predicate=predicate)
 
-# %% ../nbs/05_loading.ipynb #d93cc852
+# %% ../nbs/05_loading.ipynb #bb73992a
 def _default_dtype():
     return None if (mx.metal.is_available() or mx.cuda.is_available()) else mx.float32
 
@@ -103,7 +103,7 @@ def load_model(model_path, lazy: bool = False, dtype=None, **config_overrides) -
     model.hf_config, model.family, model.model_path = config, family, model_path
     return model
 
-# %% ../nbs/05_loading.ipynb #074375bc
+# %% ../nbs/05_loading.ipynb #5b089745
 def load(path_or_hf_repo: str, adapter_path: str|None = None, revision: str|None = None,
          trust_remote_code: bool = False, lazy: bool = False, dtype=None, **kwargs):
     "Load `(model, processor)` from a Hub id or a local folder, like `mlx_vlm.load`."

@@ -8,13 +8,13 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/parity.html.md"""
 __all__ = ['DEFAULT_CASES', 'Case', 'case_images', 'case_messages', 'reference_run', 'mlx_vlm_run', 'ParityResult', 'run_parity',
            'parity_table']
 
-# %% ../nbs/10_parity.ipynb #7a9f13b9
+# %% ../nbs/10_parity.ipynb #7dcc13b6
 import json, os, subprocess, sys, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
 
-# %% ../nbs/10_parity.ipynb #9d1709dd
+# %% ../nbs/10_parity.ipynb #7595138b
 @dataclass(frozen=True)
 class Case:
     "One parity prompt: text and the (width, height) of each image, drawn deterministically."
@@ -39,7 +39,7 @@ def case_messages(case: Case, image_first: bool = True) -> list:
     text = [{"type": "text", "text": case.text}]
     return [{"role": "user", "content": parts + text if image_first else text + parts}]
 
-# %% ../nbs/10_parity.ipynb #8e3cbb44
+# %% ../nbs/10_parity.ipynb #bafe6df4
 def reference_run(model_dir: str, out_dir: str, cases=DEFAULT_CASES, n_greedy: int = 32):
     "Run transformers on each case and save its outputs under `out_dir` (called in a subprocess)."
     import torch, transformers
@@ -69,7 +69,7 @@ def reference_run(model_dir: str, out_dir: str, cases=DEFAULT_CASES, n_greedy: i
                  **{f"in_{k}": v.numpy() for k, v in inputs.items() if hasattr(v, "numpy")})
         (out/f"case{i}.prompt.txt").write_text(prompt)
 
-# %% ../nbs/10_parity.ipynb #07ec60f5
+# %% ../nbs/10_parity.ipynb #92d88e3d
 def mlx_vlm_run(model_dir: str, out_dir: str, input_dir: str, cases=DEFAULT_CASES, n_greedy: int = 32):
     "Run mlx-vlm's model on the saved reference inputs of each case (called in a subprocess)."
     import mlx.core as mx
@@ -90,7 +90,7 @@ def mlx_vlm_run(model_dir: str, out_dir: str, input_dir: str, cases=DEFAULT_CASE
             toks.append(int(tok.item() if hasattr(tok, "item") else tok))
         np.savez(Path(out_dir)/f"case{i}.npz", logits=np.array(logits.astype(mx.float32)), greedy=np.array(toks))
 
-# %% ../nbs/10_parity.ipynb #a0bd5d87
+# %% ../nbs/10_parity.ipynb #f3bde616
 def _subprocess(fn: str, *args, timeout=900):
     "Run `mlx_vlm_nb.parity.<fn>(*args)` in a fresh Python process."
     code = f"import mlx_vlm_nb, mlx_vlm_nb.parity as p; p.{fn}(*{list(map(str, args))!r})"
@@ -98,7 +98,7 @@ def _subprocess(fn: str, *args, timeout=900):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
     if r.returncode: raise RuntimeError(f"{fn} failed:\n{r.stderr[-4000:]}")
 
-# %% ../nbs/10_parity.ipynb #c1c04653
+# %% ../nbs/10_parity.ipynb #45158721
 @dataclass
 class ParityResult:
     "How one case compares with a reference."
@@ -117,7 +117,7 @@ class ParityResult:
     def ok(self) -> bool:
         return self.prompt_match and self.processor_match and self.rel_delta <= 1e-4 and self.greedy_match == self.greedy_total
 
-# %% ../nbs/10_parity.ipynb #6aefcb43
+# %% ../nbs/10_parity.ipynb #08856935
 def _ours(model, processor, prompt, images, n_greedy):
     "Our processor outputs, prompt logits and greedy tokens for one case."
     import mlx.core as mx
@@ -132,7 +132,7 @@ def _same_inputs(ours: dict, ref) -> bool:
     keys = [k[3:] for k in ref.files if k.startswith("in_")]
     return all(k in ours and np.array_equal(np.array(ours[k]), ref[f"in_{k}"]) for k in keys)
 
-# %% ../nbs/10_parity.ipynb #46439f8a
+# %% ../nbs/10_parity.ipynb #55f297cb
 def run_parity(model_dir, reference_dir=None, cases=DEFAULT_CASES, n_greedy: int = 32,
                references=("transformers",)) -> list[ParityResult]:
     """Compare our model on `model_dir` with `references`: transformers (run on `reference_dir`, default the same
@@ -169,7 +169,7 @@ def run_parity(model_dir, reference_dir=None, cases=DEFAULT_CASES, n_greedy: int
                                             float(r["min_gap"]) if "min_gap" in r.files else float("nan"), secs))
     return results
 
-# %% ../nbs/10_parity.ipynb #d3ccda8f
+# %% ../nbs/10_parity.ipynb #c0424203
 def parity_table(results) -> str:
     "The results as a plain-text table."
     rows = [f"{'case':<12}{'reference':<14}{'prompt':<8}{'processor':<11}{'max|dlogit|':>13}{'rel':>10}{'greedy':>9}{'gap':>9}"]

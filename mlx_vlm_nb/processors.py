@@ -41,7 +41,7 @@ def _open(f, name):
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image {name}: {e}") from None
 
-# %% ../nbs/03_processors.ipynb #37ffb921
+# %% ../nbs/03_processors.ipynb #fe55ffae
 def resize_image(img: Image.Image, resize_shape=None) -> Image.Image:
     "Resize to `(height, width)` (or a square side) if asked."
     if resize_shape is None: return img
@@ -49,7 +49,7 @@ def resize_image(img: Image.Image, resize_shape=None) -> Image.Image:
     if h <= 0 or w <= 0: raise ValueError(f"resize_shape must be positive, got {resize_shape}")
     return img.resize((w, h), Image.BICUBIC)
 
-# %% ../nbs/03_processors.ipynb #e6eb38b4
+# %% ../nbs/03_processors.ipynb #b55cb903
 def image_only(processor_class):
     "A subclass of a transformers processor class with no video processor (those need torch)."
     class ImageOnly(processor_class):
@@ -60,7 +60,7 @@ def image_only(processor_class):
     ImageOnly.__doc__ = processor_class.__doc__
     return ImageOnly
 
-# %% ../nbs/03_processors.ipynb #5732037a
+# %% ../nbs/03_processors.ipynb #c913fb77
 def read_chat_template(model_path) -> str|None:
     "The chat template of a checkpoint folder: `chat_template.jinja`, `chat_template.json` or the tokenizer config."
     model_path = Path(model_path)
@@ -69,7 +69,7 @@ def read_chat_template(model_path) -> str|None:
     if (p := model_path/"tokenizer_config.json").exists(): return json.loads(p.read_text()).get("chat_template")
     return None
 
-# %% ../nbs/03_processors.ipynb #064b2809
+# %% ../nbs/03_processors.ipynb #bac4bfb9
 def load_processor(model_path, family, **kwargs):
     "The family's transformers processor for a local checkpoint folder, with the PIL image processor."
     import transformers
@@ -84,7 +84,7 @@ def load_processor(model_path, family, **kwargs):
     cls = image_only(getattr(transformers, family.processor_class))
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=read_chat_template(model_path))
 
-# %% ../nbs/03_processors.ipynb #a9dfa391
+# %% ../nbs/03_processors.ipynb #79f344c2
 def image_token_of(processor) -> str:
     "The placeholder string a processor expands into image tokens."
     tok = getattr(processor, "image_token", None)
@@ -100,7 +100,7 @@ def _group_images(images, n_prompts):
         raise ValueError(f"got {len(images)} image entries for {n_prompts} prompts: give one entry (an image, a list or None) per prompt")
     return [[] if i is None else list(i) if isinstance(i, (list, tuple)) else [i] for i in images]
 
-# %% ../nbs/03_processors.ipynb #8ba61fdf
+# %% ../nbs/03_processors.ipynb #f1707eaf
 class ModelInputs(dict):
     "The model's input arrays (a dict), plus the prompts and the (resized) PIL images, one list per prompt."
     prompts, images, patch_size, merge_size = (), (), None, None
@@ -117,7 +117,7 @@ class ModelInputs(dict):
         from mlx_vlm_nb.display import inputs_text
         p.text(inputs_text(self))
 
-# %% ../nbs/03_processors.ipynb #fe199d8a
+# %% ../nbs/03_processors.ipynb #7c1ecaf1
 def prepare_inputs(processor, prompts, images=None, resize_shape=None, max_images=None) -> ModelInputs:
     "Processor outputs as MLX arrays for one prompt or a left-padded batch, after checking image counts."
     import mlx.core as mx

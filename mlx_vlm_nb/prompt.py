@@ -7,10 +7,10 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/prompt.html.md"""
 # %% auto #0
 __all__ = ['build_messages', 'apply_chat_template']
 
-# %% ../nbs/06_prompt.ipynb #cfa39f12
+# %% ../nbs/06_prompt.ipynb #81b451de
 from .registry import FAMILIES
 
-# %% ../nbs/06_prompt.ipynb #feadf7d0
+# %% ../nbs/06_prompt.ipynb #5c9566ab
 def _content(text: str, n_images: int, image_first: bool) -> list:
     "Message content: `n_images` image parts and the text, in the model's order."
     imgs = [{"type": "image"} for _ in range(n_images)]
@@ -21,7 +21,7 @@ def _count_images(content) -> int:
     if isinstance(content, str): return 0
     return sum(1 for c in content if isinstance(c, dict) and (c.get("type") in ("image", "image_url") or "image" in c))
 
-# %% ../nbs/06_prompt.ipynb #c9bf6cde
+# %% ../nbs/06_prompt.ipynb #0b34e1ce
 def build_messages(config, prompt, num_images: int = 0, num_audios: int = 0, system: str|None = None) -> list:
     "Chat messages for `prompt`; `num_images` image parts go to the last user turn unless already placed."
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
@@ -50,7 +50,7 @@ def build_messages(config, prompt, num_images: int = 0, num_audios: int = 0, sys
         msgs = [{"role": "system", "content": system}] + msgs
     return msgs
 
-# %% ../nbs/06_prompt.ipynb #b5007d9f
+# %% ../nbs/06_prompt.ipynb #d58497d7
 def apply_chat_template(processor, config, prompt, add_generation_prompt: bool = True, return_messages: bool = False,
                         num_images: int = 0, num_audios: int = 0, system: str|None = None, **kwargs):
     "Render `prompt` (a string or chat messages) with the checkpoint's own chat template, like mlx-vlm's function."

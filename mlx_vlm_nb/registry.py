@@ -7,11 +7,11 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/registry.html.md"""
 # %% auto #0
 __all__ = ['FAMILIES', 'Family', 'UnsupportedModelError', 'get_family', 'supported_families']
 
-# %% ../nbs/02_registry.ipynb #fc9a4d32
+# %% ../nbs/02_registry.ipynb #1b465bbe
 import importlib
 from dataclasses import dataclass
 
-# %% ../nbs/02_registry.ipynb #81a3e026
+# %% ../nbs/02_registry.ipynb #6aee7fe6
 @dataclass(frozen=True)
 class Family:
     "How mlx_vlm_nb runs, prepares inputs for, and verifies one HF `model_type`."
@@ -28,7 +28,7 @@ class Family:
         "Import the model module."
         return importlib.import_module(f"mlx_vlm_nb.models.{self.module}")
 
-# %% ../nbs/02_registry.ipynb #e0f4fab9
+# %% ../nbs/02_registry.ipynb #057eb463
 FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("qwen2_vl", "qwen2_vl", "Qwen2VLProcessor", "Qwen2VLImageProcessorPil",
            "Qwen2VLForConditionalGeneration",
@@ -38,7 +38,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
            description="Qwen2.5-VL: Qwen2-VL with windowed attention and RMSNorm/SwiGLU in the vision tower"),
 ]}
 
-# %% ../nbs/02_registry.ipynb #5d4ebcb1
+# %% ../nbs/02_registry.ipynb #418995a6
 class UnsupportedModelError(ValueError):
     "A checkpoint's `model_type` is not one mlx_vlm_nb supports."
 
@@ -50,7 +50,7 @@ def get_family(model_type: str) -> Family:
             f"model_type {model_type!r} is not supported; supported model types: {', '.join(sorted(FAMILIES))}")
     return fam
 
-# %% ../nbs/02_registry.ipynb #1029d776
+# %% ../nbs/02_registry.ipynb #be5f7000
 def supported_families() -> list[dict]:
     "One row per supported `model_type`."
     return [dict(model_type=f.model_type, processor=f.processor_class, reference=f.reference_class,

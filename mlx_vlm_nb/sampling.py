@@ -7,10 +7,10 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/sampling.html.md"""
 # %% auto #0
 __all__ = ['SamplingSettings', 'make_sampler', 'make_logits_processors']
 
-# %% ../nbs/04_sampling.ipynb #e3985ac4
+# %% ../nbs/04_sampling.ipynb #021c9002
 from dataclasses import dataclass, asdict, field
 
-# %% ../nbs/04_sampling.ipynb #5e0ab459
+# %% ../nbs/04_sampling.ipynb #c0de3882
 @dataclass
 class SamplingSettings:
     "Sampling settings with mlx-vlm's names and defaults; `validate` explains what is wrong."
@@ -37,7 +37,7 @@ class SamplingSettings:
             if out: bad("logit_bias", f"token ids {out} are outside the vocabulary (size {vocab_size})")
         return self
 
-# %% ../nbs/04_sampling.ipynb #2f03dada
+# %% ../nbs/04_sampling.ipynb #b345192c
 def make_sampler(s: SamplingSettings):
     "mlx-lm's sampler for these settings (greedy argmax at temperature 0)."
     from mlx_lm.sample_utils import make_sampler as _make

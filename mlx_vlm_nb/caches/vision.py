@@ -7,14 +7,14 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/caches/vision.html.md"""
 # %% auto #0
 __all__ = ['VisionCacheStats', 'model_namespace', 'VisionFeatureCache']
 
-# %% ../../nbs/caches/vision.ipynb #c7be84dd
+# %% ../../nbs/caches/vision.ipynb #f81c8091
 import hashlib, time, uuid
 from collections import OrderedDict
 from dataclasses import dataclass, asdict
 import numpy as np
 import mlx.core as mx
 
-# %% ../../nbs/caches/vision.ipynb #ff36d84b
+# %% ../../nbs/caches/vision.ipynb #17ade52f
 @dataclass
 class VisionCacheStats:
     "What a `VisionFeatureCache` has done so far."
@@ -25,7 +25,7 @@ class VisionCacheStats:
     bytes_held: int = 0
     encoder_seconds_saved: float = 0.0
 
-# %% ../../nbs/caches/vision.ipynb #9d767c11
+# %% ../../nbs/caches/vision.ipynb #83ed5680
 def model_namespace(model) -> str:
     "A per-instance id for `model`, so that cached features never cross models."
     ns = getattr(model, "_vision_cache_namespace", None)
@@ -34,7 +34,7 @@ def model_namespace(model) -> str:
         object.__setattr__(model, "_vision_cache_namespace", ns)  # plain attribute, not an MLX parameter
     return ns
 
-# %% ../../nbs/caches/vision.ipynb #df5f9ffe
+# %% ../../nbs/caches/vision.ipynb #caf2d644
 class VisionFeatureCache:
     "LRU of vision features keyed by (model, processed pixels, grid); bounded by `max_entries` and `max_bytes`."
     def __init__(self, max_entries: int = 32, max_bytes: int = 512 * 2**20):

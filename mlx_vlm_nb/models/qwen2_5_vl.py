@@ -8,20 +8,20 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/qwen2_5_vl.html.md"""
 # %% auto #0
 __all__ = ['VisionConfig', 'ModelConfig', 'window_index', 'VisionBlock', 'VisionModel', 'Model']
 
-# %% ../../nbs/models/qwen2_5_vl.ipynb #18c9f799
+# %% ../../nbs/models/qwen2_5_vl.ipynb #9ebabe31
 from ..config import ConfigError, config_value
 from .rope import vision_position_ids, vision_rope_cos_sin
 from .qwen2_vl import (MLP, PatchEmbed, PatchMerger, VisionAttention, _VISION, _activation,
                                         _vision_rope_theta)
 from . import qwen2_vl
 
-# %% ../../nbs/models/qwen2_5_vl.ipynb #666930bb
+# %% ../../nbs/models/qwen2_5_vl.ipynb #61ff1914
 from dataclasses import dataclass
 import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
-# %% ../../nbs/models/qwen2_5_vl.ipynb #139ae828
+# %% ../../nbs/models/qwen2_5_vl.ipynb #8f313096
 @dataclass
 class VisionConfig:
     "The windowed ViT of Qwen2.5-VL."
@@ -61,7 +61,7 @@ class VisionConfig:
             raise ConfigError(f"{what}: fullatt_block_indexes {list(vc.fullatt_block_indexes)} outside depth {vc.depth}")
         return vc
 
-# %% ../../nbs/models/qwen2_5_vl.ipynb #008dd619
+# %% ../../nbs/models/qwen2_5_vl.ipynb #46062424
 @dataclass
 class ModelConfig(qwen2_vl.ModelConfig):
     "Qwen2.5-VL: Qwen2-VL's text config with the windowed vision config."
@@ -70,7 +70,7 @@ class ModelConfig(qwen2_vl.ModelConfig):
 
     _vision_cls = VisionConfig
 
-# %% ../../nbs/models/qwen2_5_vl.ipynb #b41cf1b2
+# %% ../../nbs/models/qwen2_5_vl.ipynb #c86b1ecf
 def window_index(grid_thw, spatial_merge_size: int, window_size: int, patch_size: int):
     "Merge-block order that makes windows consecutive, and the windows' lengths in patches."
     m = spatial_merge_size
@@ -87,7 +87,7 @@ def window_index(grid_thw, spatial_merge_size: int, window_size: int, patch_size
         base += t * lh * lw
     return np.concatenate(order), np.concatenate(lengths)
 
-# %% ../../nbs/models/qwen2_5_vl.ipynb #034a357e
+# %% ../../nbs/models/qwen2_5_vl.ipynb #54189545
 class VisionBlock(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
@@ -123,7 +123,7 @@ class VisionModel(nn.Module):
             x = blk(x, cos, sin, frames if i in c.fullatt_block_indexes else windows)
         return self.merger(x)[mx.array(np.argsort(order))]
 
-# %% ../../nbs/models/qwen2_5_vl.ipynb #b26c027e
+# %% ../../nbs/models/qwen2_5_vl.ipynb #36c56dd9
 class Model(qwen2_vl.Model):
     "Qwen2.5-VL for conditional generation."
     _vision_model = VisionModel

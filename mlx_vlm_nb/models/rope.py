@@ -9,11 +9,11 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/rope.html.md"""
 __all__ = ['rope_inv_freq', 'rotate_half', 'apply_rotary', 'mrope_cos_sin', 'mrope_position_ids', 'vision_position_ids',
            'vision_rope_cos_sin']
 
-# %% ../../nbs/models/rope.ipynb #eb167a7a
+# %% ../../nbs/models/rope.ipynb #ed704c41
 import numpy as np
 import mlx.core as mx
 
-# %% ../../nbs/models/rope.ipynb #10dffe15
+# %% ../../nbs/models/rope.ipynb #8a1cbfa6
 def rope_inv_freq(dim: int, theta: float) -> mx.array:
     "Inverse frequencies `1 / theta^(2i/dim)` for `i < dim/2`, in float32 (as transformers computes them)."
     return 1.0 / (theta ** (mx.arange(0, dim, 2, dtype=mx.float32) / dim))
@@ -28,7 +28,7 @@ def apply_rotary(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     out = x.astype(mx.float32) * cos + rotate_half(x.astype(mx.float32)) * sin
     return out.astype(x.dtype)
 
-# %% ../../nbs/models/rope.ipynb #9aa02344
+# %% ../../nbs/models/rope.ipynb #a75b5d7a
 def _mrope_axis(mrope_section, interleaved: bool) -> np.ndarray:
     "For each of the `sum(mrope_section)` frequencies, which position axis (0 t, 1 h, 2 w) drives it."
     n = sum(mrope_section)
@@ -49,7 +49,7 @@ def mrope_cos_sin(position_ids: mx.array, inv_freq: mx.array, mrope_section, int
     emb = mx.concatenate([freqs, freqs], axis=-1)
     return mx.cos(emb), mx.sin(emb)
 
-# %% ../../nbs/models/rope.ipynb #b7a13c9a
+# %% ../../nbs/models/rope.ipynb #7b062db8
 def mrope_position_ids(input_ids, image_grid_thw=None, video_grid_thw=None, attention_mask=None, *,
                        spatial_merge_size: int, image_token_id: int, video_token_id: int,
                        video_time_steps=None, pad_position: int = 1):
@@ -89,7 +89,7 @@ def mrope_position_ids(input_ids, image_grid_thw=None, video_grid_thw=None, atte
         deltas[b, 0] = cur - n
     return mx.array(pos, dtype=mx.int32), mx.array(deltas, dtype=mx.int32)
 
-# %% ../../nbs/models/rope.ipynb #568f6e7f
+# %% ../../nbs/models/rope.ipynb #25842e9e
 def vision_position_ids(grid_thw, spatial_merge_size: int) -> np.ndarray:
     "`(num_patches, 2)` row and column of every patch, in the merge-block order of the processor's patches."
     m, out = spatial_merge_size, []
