@@ -154,7 +154,7 @@ def generate_step(model, inputs: dict, *, cache=None, sampler=None, logits_proce
     mx.async_eval(y, logprobs)
     for n in range(max_tokens):
         if n + 1 < max_tokens:
-            tokens = mx.concatenate([tokens, y])
+            if logits_processors: tokens = mx.concatenate([tokens, y])  # only processors read the history
             logits = model.language_model(inputs=y[None], cache=cache, **lm_kwargs)[:, -1, :]
             maybe_quantize_kv_cache(cache, quantized_kv_start, kv_group_size, kv_bits)
             next_y, next_lp = _sample(logits, tokens, sampler, logits_processors)
