@@ -68,16 +68,13 @@ class BatchResponse:
         from mlx_vlm_nb.display import batch_text
         p.text(batch_text(self))
 
-# %% ../nbs/07_generation.ipynb #e57770f0
+# %% ../nbs/07_generation.ipynb #7bc56b35
 KV_BITS = (2, 3, 4, 5, 6, 8)
 
 def make_cache(model, max_kv_size: int|None = None):
-    "A fresh prompt cache for `model`."
-    from mlx_lm.models.cache import RotatingKVCache
-    if max_kv_size is not None:
-        if max_kv_size < 1: raise ValueError(f"max_kv_size must be positive, got {max_kv_size}")
-        return [RotatingKVCache(max_size=max_kv_size, keep=4) for _ in model.layers]
-    return model.make_cache()
+    "A fresh prompt cache for `model` (the model chooses the cache type of each layer)."
+    if max_kv_size is not None and max_kv_size < 1: raise ValueError(f"max_kv_size must be positive, got {max_kv_size}")
+    return model.make_cache(max_kv_size=max_kv_size)
 
 def check_kv_bits(kv_bits, kv_group_size=64, head_dim=None):
     "Reject KV quantization settings MLX cannot apply, naming the choices."
@@ -131,13 +128,13 @@ def _sample(logits, tokens, sampler, processors):
 def prefill(model, inputs: dict, cache, prefill_step_size: int = 2048):
     "Run the prompt through the model into `cache`; returns the last position's logits and the `lm_kwargs`."
     emb = model.get_input_embeddings(**inputs)
-    n = emb.inputs_embeds.shape[1]
-    step = prefill_step_size or n
-    for s in range(0, n, step):
-        chunk = emb.chunk(s, min(s + step, n))
+    bounds = emb.chunk_bounds(prefill_step_size)
+    for s, e in bounds:
+        chunk = emb.chunk(s, e)
+        groups = {} if chunk.attention_groups is None else {"attention_groups": chunk.attention_groups}
         logits = model.language_model(inputs_embeds=chunk.inputs_embeds, position_ids=chunk.position_ids,
-                                      cache=cache, **emb.lm_kwargs)
-        if s + step < n: mx.eval([c.state for c in cache])
+                                      cache=cache, **groups, **chunk.token_kwargs, **emb.lm_kwargs)
+        if e < bounds[-1][1]: mx.eval([c.state for c in cache])
     return logits[:, -1, :], emb.lm_kwargs
 
 # %% ../nbs/07_generation.ipynb #c594331e
@@ -279,7 +276,6 @@ def generate(model, processor, prompt: str, image=None, audio=None, verbose: boo
 def batch_generate(model, processor, images=None, prompts=None, max_tokens=128, verbose: bool = False,
                    **kwargs) -> BatchResponse:
     "Generate for several prompts at once; `images` gives one entry (image, list or None) per prompt."
-    from mlx_lm.models.cache import BatchKVCache
     from mlx_lm.tokenizer_utils import TokenizerWrapper
     if not prompts: raise ValueError("batch_generate needs a non-empty list of prompts")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -303,7 +299,7 @@ def batch_generate(model, processor, images=None, prompts=None, max_tokens=128, 
     inputs = prepare_inputs(processor, prompts, loaded, resize_shape=resize_shape, max_images=model.family.max_images)
     mask = inputs["attention_mask"]
     left_padding = (mask.shape[1] - mask.sum(axis=1)).tolist()
-    cache = [BatchKVCache(left_padding) for _ in model.layers]
+    cache = model.make_batch_cache(left_padding)
     sampler = make_sampler(settings)
     if settings.seed is not None: mx.random.seed(settings.seed)
     mx.reset_peak_memory()

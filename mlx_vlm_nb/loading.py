@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from .config import load_config, checkpoint_layout, ConfigError
-from .registry import get_family
+from .registry import family_of
 
 # %% ../nbs/05_loading.ipynb #2d819cfe
 class CheckpointError(ValueError):
@@ -84,7 +84,7 @@ def load_model(model_path, lazy: bool = False, dtype=None, **config_overrides) -
     model_path = Path(model_path)
     config = load_config(model_path, **config_overrides)
     if "model_type" not in config: raise ConfigError(f"{model_path}/config.json has no model_type")
-    family = get_family(config["model_type"])
+    family = family_of(config)  # by model_type, or by the vision tower where model_type is generic (Pixtral as llava)
     module = family.load_module()
     model = module.Model(module.ModelConfig.from_dict(config))
     weights = load_weights(model_path)

@@ -15,7 +15,8 @@ from mlx_vlm_nb.factory import (SPECS, cached_checkpoint, make_checkpoint, build
                                 tiny_config, sample_image, save_sample_images, greedy_with_gaps, reference_processor,
                                 checkpoint_key, get_spec)
 
-FAMILIES = sorted(SPECS)
+FAMILIES = sorted(f for f in SPECS if f in ("qwen2_vl", "qwen2_5_vl"))  # the checks below are Qwen2-VL's; other
+# families' checkpoints are checked by their own tests and by tests/test_parity.py
 VARIANTS = {"hub": ("hub", {}), "tf5": ("transformers5", {}), "tf5_new_names": ("transformers5_new_names", {}),
             "mlx": ("mlx", {}), "mlx4": ("mlx", {"quantize_bits": 4})}
 VOCAB = 151936
@@ -66,7 +67,7 @@ def test_tiny_config_keeps_every_field(family):
 def test_config_overrides_are_strict():
     assert tiny_config("qwen2_vl", vision_config__depth=3, **{"num_hidden_layers": 3})["vision_config"]["depth"] == 3
     with pytest.raises(KeyError, match="not a key of the real config"): tiny_config("qwen2_vl", head_dim=16)
-    with pytest.raises(ValueError, match="knows qwen2_5_vl, qwen2_vl"): tiny_config("llava")
+    with pytest.raises(ValueError, match="cannot build 'llama4'; it knows"): tiny_config("llama4")
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tokenizer_real_ids_and_every_id_decodes(family):
