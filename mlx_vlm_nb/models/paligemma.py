@@ -388,7 +388,7 @@ class Model(VLMBase):
 _RENAMES = (("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower."),
             ("model.multi_modal_projector.", "multi_modal_projector."), ("lm_head.", "language_model.lm_head."))
 
-# %% ../../nbs/models/paligemma.ipynb #fa930e6d
+# %% ../../nbs/models/paligemma.ipynb #41c27012
 class _RoPEFromOne(nn.Module):
     "For mlx-vlm's model: transformers' rotary frequencies and PaliGemma's 1-based positions."
     def __init__(self, dims: int, base: float):
