@@ -17,7 +17,7 @@ Modules:
 - `mlx_vlm_nb.models.qwen2_5_vl`: The Qwen2.5-VL model (HF `model_type` `qwen2_5_vl`): Qwen2-VL's language model and M-RoPE with a new vision tower that attends within windows in most layers.
 - `mlx_vlm_nb.models.qwen2_vl`: The Qwen2-VL model (HF `model_type` `qwen2_vl`): a ViT with 2-D rotary embeddings and a 2x2 patch merger in front of a Qwen2 language model with multimodal rotary embeddings (M-RoPE).
 - `mlx_vlm_nb.models.qwen3_vl`: The Qwen3-VL model (HF `model_type` `qwen3_vl`): a ViT with learned and rotary 2-D position embeddings and DeepStack features from intermediate blocks, in front of a Qwen3 language model with interleaved M-RoPE.
-- `mlx_vlm_nb.models.rope`: Multimodal rotary embedding (M-RoPE) for the language model and the 2-D rotary embedding of the vision tower, shared by the Qwen-VL families.
+- `mlx_vlm_nb.models.rope`: Multimodal rotary embedding (M-RoPE) for the language model and the 2-D rotary embedding of the vision tower, shared by the Qwen-VL families, and the 1-D rotary embedding with transformers' exact frequencies.
 - `mlx_vlm_nb.models.siglip`: The SigLIP vision transformer (HF `SiglipVisionTransformer`), shared by PaliGemma, Idefics3 / SmolVLM, Gemma 3 and Aya Vision.
 - `mlx_vlm_nb.models.smolvlm`: SmolVLM / SmolVLM2 (HF `model_type` `smolvlm`): the Idefics3 architecture under its own model type and processor. The model code is `mlx_vlm_nb.models.idefics3`'s.
 - `mlx_vlm_nb.support`: Every supported family, in every checkpoint layout, against transformers and mlx-vlm: the proof, re-run on this machine."""

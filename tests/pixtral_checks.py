@@ -9,6 +9,7 @@ from mlx_vlm_nb.caches.vision import VisionFeatureCache
 from mlx_vlm_nb.factory import cached_checkpoint, reference_processor, sample_image
 from mlx_vlm_nb.processors import prepare_inputs, special_tokens_kwargs
 from mlx_vlm_nb.registry import get_family
+from family_checks import assert_same_inputs
 
 IMG, IMG_BREAK, IMG_END = 10, 12, 13
 
@@ -28,9 +29,7 @@ def _ref_logits(tm, inputs: dict):
     import torch
     with torch.no_grad(): return tm(**{k: torch.tensor(np.asarray(v)) for k, v in inputs.items()}).logits.float().numpy()
 
-def _same_inputs(ours, ref):
-    assert set(ref) <= set(ours), (sorted(ref), sorted(ours))
-    for k, v in ref.items(): np.testing.assert_array_equal(np.asarray(ours[k]), v, err_msg=k)
+_same_inputs = assert_same_inputs
 
 def check_odd_image_sizes(family, d, model, processor, tm, size, tol=1e-4, companion=False, reference=True):
     """An image of `size` (w, h) is resized exactly as transformers' processor does (same arrays): at most the

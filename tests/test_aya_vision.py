@@ -11,8 +11,8 @@ from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, KVCache, Rot
 from mlx_vlm_nb.factory import cached_checkpoint, reference_processor, sample_image, greedy_with_gaps
 from mlx_vlm_nb.generation import batch_generate, generate, generate_step
 from mlx_vlm_nb.loading import load
-from mlx_vlm_nb.processors import prepare_inputs, special_tokens_kwargs
-from mlx_vlm_nb.prompt import apply_chat_template
+from mlx_vlm_nb.processors import prepare_inputs
+from family_checks import chat_prompt, reference_inputs, assert_same_inputs
 
 LONG = ("Look at the picture carefully. Describe every shape you can see, its colour, its size compared with the "
         "others, and where it sits in the frame.")
@@ -31,18 +31,11 @@ def ref(ckpt):
     model = transformers.AyaVisionForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
     return model, reference_processor(ckpt)
 
-def _prompt(ours, text, n_images):
-    model, processor = ours
-    return apply_chat_template(processor, model.config, text, num_images=n_images)
+_prompt = chat_prompt
 
-def _ref_inputs(ref, prompt, images):
-    _, proc = ref
-    return proc(text=[prompt], images=images or None, return_tensors="pt", **special_tokens_kwargs(proc, [prompt]))
+def _ref_inputs(ref, prompt, images): return reference_inputs(ref[1], prompt, images)
 
-def _same_inputs(ours_inputs, ref_inputs):
-    for k, v in ref_inputs.items():
-        assert k in ours_inputs, f"our inputs lack {k}"
-        np.testing.assert_array_equal(np.array(ours_inputs[k]), v.numpy(), err_msg=k)
+_same_inputs = assert_same_inputs
 
 
 def test_generation_past_the_sliding_window_follows_transformers(ours, ref):

@@ -9,7 +9,7 @@ from mlx_vlm_nb.factory import cached_checkpoint, reference_processor, sample_im
 from mlx_vlm_nb.generation import batch_generate, generate
 from mlx_vlm_nb.loading import load
 from mlx_vlm_nb.processors import prepare_inputs
-from mlx_vlm_nb.prompt import apply_chat_template
+from family_checks import chat_prompt, assert_same_inputs
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,7 @@ def ref(ckpt):
     model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
     return model, reference_processor(ckpt)
 
-def _prompt(ours, text, n_images):
-    model, processor = ours
-    return apply_chat_template(processor, model.config, text, num_images=n_images)
+_prompt = chat_prompt
 
 def _ref_logits(ref, prompts, images, padding=False):
     import torch
@@ -38,10 +36,7 @@ def _ref_logits(ref, prompts, images, padding=False):
     with torch.no_grad(): logits = model(**inputs).logits.float().numpy()
     return {k: v.numpy() for k, v in inputs.items()}, logits
 
-def _same_inputs(ours_inputs, ref_inputs):
-    for k, v in ref_inputs.items():
-        assert k in ours_inputs, f"our inputs lack {k}"
-        np.testing.assert_array_equal(np.array(ours_inputs[k]), v, err_msg=k)
+_same_inputs = assert_same_inputs
 
 def _close(a, b, what):
     rel = np.abs(a - b).max() / b.std()

@@ -8,21 +8,21 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/gemma3.html.md"""
 
 # %% auto #0
 __all__ = ['TEXT_DEFAULTS', 'TextConfig', 'ModelConfig', 'image_mask', 'Attention', 'DecoderLayer', 'Gemma3Model',
-           'LanguageModel', 'VisionTower', 'MultiModalProjector', 'image_groups', 'Model', 'fix_mlx_vlm']
+           'LanguageModel', 'MultiModalProjector', 'image_groups', 'Model', 'fix_mlx_vlm']
 
-# %% ../../nbs/models/gemma3.ipynb #041bbefb
+# %% ../../nbs/models/gemma3.ipynb #00236201
 from ..config import ConfigError, config_value
-from .base import InputEmbeddings, VLMBase
+from .base import InputEmbeddings, VLMBase, layer_caches, batch_layer_caches, group_attention_mask
 from . import siglip
 
-# %% ../../nbs/models/gemma3.ipynb #c5ae7cf0
+# %% ../../nbs/models/gemma3.ipynb #fd6a1dc5
 import re
 from dataclasses import dataclass
 import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
-from mlx_lm.models.cache import KVCache, RotatingKVCache, BatchKVCache, BatchRotatingKVCache
+from mlx_lm.models.base import scaled_dot_product_attention
+from mlx_lm.models.cache import KVCache, RotatingKVCache
 from mlx_lm.models.gemma3_text import RMSNorm, MLP
 from mlx_lm.models.rope_utils import initialize_rope
 
@@ -142,20 +142,12 @@ class ModelConfig:
                               f"the {grid} x {grid} patch grid")
         return c
 
-# %% ../../nbs/models/gemma3.ipynb #a94d9852
+# %% ../../nbs/models/gemma3.ipynb #17c6daeb
 def image_mask(h: mx.array, cache=None, window: int | None = None, groups: mx.array | None = None):
-    "Mask of a chunk: mlx-lm's causal one (windowed, padding-aware via the cache), open to later tokens of the same image."
-    L = h.shape[1]
-    if groups is None or L == 1: return create_attention_mask(h, cache, window_size=window)
-    mask = create_attention_mask(h, cache, window_size=window, return_array=True)
-    g = groups[:, None, :, None]
-    q, k = mx.arange(L)[:, None], mx.arange(L)[None]
-    later = (g == groups[:, None, None, :]) & (g != 0) & (k > q)       # (B, 1, L, L)
-    K = mask.shape[-1]
-    if K > L: later = mx.concatenate([mx.zeros((*later.shape[:3], K - L), dtype=mx.bool_), later], axis=-1)
-    return mask | later
+    "Gemma 3's mask of a chunk: causal (windowed, padding-aware), open to later tokens of the same image."
+    return group_attention_mask(h, cache, window, groups, open_earlier=False)
 
-# %% ../../nbs/models/gemma3.ipynb #5a8c54d9
+# %% ../../nbs/models/gemma3.ipynb #1c33b411
 class Attention(nn.Module):
     def __init__(self, c: TextConfig, sliding: bool):
         super().__init__()
@@ -197,7 +189,7 @@ class DecoderLayer(nn.Module):
         h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), mask, cache))
         return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
-# %% ../../nbs/models/gemma3.ipynb #33d8c046
+# %% ../../nbs/models/gemma3.ipynb #861eafa8
 class Gemma3Model(nn.Module):
     "Embedding (scaled by `sqrt(hidden_size)`), decoder layers and final norm, under mlx-vlm's names."
     def __init__(self, config: TextConfig):
@@ -222,7 +214,7 @@ class Gemma3Model(nn.Module):
             h = layer(h, mask if mask is not None else masks[layer.sliding], c)
         return self.norm(h)
 
-# %% ../../nbs/models/gemma3.ipynb #4cc51506
+# %% ../../nbs/models/gemma3.ipynb #31e82cf9
 class LanguageModel(nn.Module):
     "Gemma 3's decoder with its LM head: `inputs` (token ids) or `inputs_embeds` (already scaled) in, logits out."
     def __init__(self, config: TextConfig):
@@ -242,28 +234,15 @@ class LanguageModel(nn.Module):
     @property
     def layers(self): return self.model.layers
 
-    def make_cache(self, max_kv_size: int | None = None) -> list:
-        out = []
-        for layer in self.layers:
-            w = self.config.sliding_window if layer.sliding else None
-            if max_kv_size is not None and (w is None or max_kv_size < w): out.append(RotatingKVCache(max_kv_size, keep=4))
-            elif w is not None: out.append(RotatingKVCache(max_size=w, keep=0))
-            else: out.append(KVCache())
-        return out
+    def windows(self) -> list:
+        "Each layer's attention window (None: global)."
+        return [self.config.sliding_window if layer.sliding else None for layer in self.layers]
 
-    def make_batch_cache(self, left_padding: list[int]) -> list:
-        return [BatchRotatingKVCache(self.config.sliding_window, left_padding) if layer.sliding else BatchKVCache(left_padding)
-                for layer in self.layers]
+    def make_cache(self, max_kv_size: int | None = None) -> list: return layer_caches(self.windows(), max_kv_size)
 
-# %% ../../nbs/models/gemma3.ipynb #3d942236
-class VisionTower(nn.Module):
-    "SigLIP under the Hub's `vision_tower.vision_model` names; returns the last hidden state `(B, N, D)`."
-    def __init__(self, config: siglip.VisionConfig):
-        super().__init__()
-        self.vision_model = siglip.VisionModel(config)
+    def make_batch_cache(self, left_padding: list[int]) -> list: return batch_layer_caches(self.windows(), left_padding)
 
-    def __call__(self, pixel_values): return self.vision_model(pixel_values)[0]
-
+# %% ../../nbs/models/gemma3.ipynb #2a294fcc
 class MultiModalProjector(nn.Module):
     "Average-pool the patch grid to `tokens_per_side`², RMS-normalise, project to the text width."
     def __init__(self, config: ModelConfig):
@@ -279,7 +258,7 @@ class MultiModalProjector(nn.Module):
         x = x.reshape(B, self.side, k, self.side, k, D).mean(axis=(2, 4)).reshape(B, -1, D)
         return self.mm_soft_emb_norm(x) @ self.mm_input_projection_weight
 
-# %% ../../nbs/models/gemma3.ipynb #b15752cb
+# %% ../../nbs/models/gemma3.ipynb #ad283bed
 def image_groups(ids: np.ndarray, token_id: int) -> np.ndarray:
     "`(B, L)` group ids: each run of `token_id` (one image) numbered 1, 2, ... per row; 0 elsewhere."
     img = ids == token_id
@@ -288,26 +267,23 @@ def image_groups(ids: np.ndarray, token_id: int) -> np.ndarray:
 
 assert image_groups(np.array([[5, 9, 9, 5, 9, 9, 9]]), 9).tolist() == [[0, 1, 1, 0, 2, 2, 2]]
 
-# %% ../../nbs/models/gemma3.ipynb #0031ec6e
+# %% ../../nbs/models/gemma3.ipynb #1a4dd243
 class Model(VLMBase):
     "Gemma 3 for conditional generation."
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.vision_tower = VisionTower(config.vision_config)
+        self.vision_tower = siglip.VisionTower(config.vision_config)
         self.multi_modal_projector = MultiModalProjector(config)
         self.language_model = LanguageModel(config.text_config)
 
     @property
     def layers(self): return self.language_model.model.layers
 
-    def make_cache(self, max_kv_size: int | None = None) -> list: return self.language_model.make_cache(max_kv_size)
-
-    def make_batch_cache(self, left_padding: list[int]) -> list: return self.language_model.make_batch_cache(left_padding)
 
     def encode_images(self, pixel_values, vision_cache=None) -> mx.array:
         "Soft tokens `(n_images, mm_tokens_per_image, hidden)` of `pixel_values` (NCHW), per image from `vision_cache`."
-        encode = lambda px: self.multi_modal_projector(self.vision_tower(px))
+        encode = lambda px: self.multi_modal_projector(self.vision_tower(px)[0])
         if vision_cache is None: return encode(pixel_values)
         px = np.asarray(pixel_values)
         feats = vision_cache.lookup(self, [(p, ()) for p in px], lambda idx: list(encode(mx.array(px[idx]))))
@@ -371,7 +347,7 @@ class Model(VLMBase):
 _RENAMES = (("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower."),
             ("model.multi_modal_projector.", "multi_modal_projector."), ("lm_head.", "language_model.lm_head."))
 
-# %% ../../nbs/models/gemma3.ipynb #6049dab0
+# %% ../../nbs/models/gemma3.ipynb #2362e85f
 def fix_mlx_vlm(model):
     "Correct mlx-vlm 0.7.10's Gemma 3 `model` in place: masks (images both ways), image and embedding scales, tower eps."
     inner, c = model.language_model.model, model.config

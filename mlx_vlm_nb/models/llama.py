@@ -8,14 +8,14 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/llama.html.md"""
 # %% auto #0
 __all__ = ['DEFAULTS', 'ROPE_TYPES', 'TextConfig', 'LlamaModel', 'LanguageModel']
 
-# %% ../../nbs/models/llama.ipynb #a35dc3a7
+# %% ../../nbs/models/llama.ipynb #85b9072f
 from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
-from mlx_lm.models.cache import KVCache, RotatingKVCache, BatchKVCache, BatchRotatingKVCache
 from mlx_lm.models.llama import ModelArgs, TransformerBlock
 from ..config import ConfigError, config_value
+from .base import layer_caches, batch_layer_caches
 
 # %% ../../nbs/models/llama.ipynb #9075a233
 # transformers' config-class defaults, used only for keys a checkpoint leaves out
@@ -74,7 +74,9 @@ class TextConfig:
                    vocab_size=get("vocab_size"), rms_norm_eps=get("rms_norm_eps"), rope_theta=float(theta),
                    rope_scaling=scaling, max_position_embeddings=get("max_position_embeddings"),
                    tie_word_embeddings=get("tie_word_embeddings"), attention_bias=bool(get("attention_bias")),
-                   mlp_bias=bool(get("mlp_bias")), sliding_window=get("sliding_window"), model_type=model_type)
+                   mlp_bias=bool(get("mlp_bias")), model_type=model_type,
+                   # an explicit null means no window (config_value would take it as absent: the class default)
+                   sliding_window=cfg["sliding_window"] if "sliding_window" in cfg else d["sliding_window"])
 
     def model_args(self) -> ModelArgs:
         "mlx-lm's `ModelArgs` for the same decoder."
@@ -122,11 +124,7 @@ class LanguageModel(nn.Module):
 
     def make_cache(self, max_kv_size: int | None = None) -> list:
         "One cache per layer; a sliding window bounds it like `max_kv_size` does (the smaller wins)."
-        window = min(w for w in (max_kv_size, self.config.sliding_window) if w) if (max_kv_size or self.config.sliding_window) else None
-        if window is None: return [KVCache() for _ in self.layers]
-        keep = 4 if max_kv_size and window == max_kv_size and window != self.config.sliding_window else 0
-        return [RotatingKVCache(max_size=window, keep=keep) for _ in self.layers]
+        return layer_caches([self.config.sliding_window] * len(self.layers), max_kv_size)
 
     def make_batch_cache(self, left_padding: list[int]) -> list:
-        if self.config.sliding_window is None: return [BatchKVCache(left_padding) for _ in self.layers]
-        return [BatchRotatingKVCache(self.config.sliding_window, left_padding) for _ in self.layers]
+        return batch_layer_caches([self.config.sliding_window] * len(self.layers), left_padding)

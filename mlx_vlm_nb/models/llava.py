@@ -7,13 +7,13 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/llava.html.md"""
 
 # %% auto #0
 __all__ = ['PROJECTOR_ACTIVATIONS', 'read_text_config', 'ModelConfig', 'MultiModalProjector', 'make_projector', 'VisionTower',
-           'merge_features', 'padding_mask', 'use_hf_rope', 'fix_mlx_vlm', 'Model']
+           'merge_features', 'padding_mask', 'exact_plain_rope', 'fix_mlx_vlm', 'Model']
 
-# %% ../../nbs/models/llava.ipynb #543cb7b2
+# %% ../../nbs/models/llava.ipynb #5f4a988f
 from ..config import ConfigError, config_value
 from .base import InputEmbeddings, VLMBase
 from . import clip, llama
-from .idefics3 import HFRoPE
+from . import rope
 
 # %% ../../nbs/models/llava.ipynb #8e3fd767
 import dataclasses
@@ -31,8 +31,6 @@ def read_text_config(cfg: dict, what: str) -> llama.TextConfig:
     "The decoder's config from `text_config`, with the LM-head tying transformers applies to the whole model."
     text_cfg = cfg.get("text_config") or {}
     text = llama.TextConfig.from_dict(text_cfg, what=f"{what}.text_config")
-    if "sliding_window" in text_cfg and text_cfg["sliding_window"] is None:
-        text = dataclasses.replace(text, sliding_window=None)    # an explicit null: no window (not the class default)
     tie = bool(cfg.get("tie_word_embeddings") or text.tie_word_embeddings)
     return dataclasses.replace(text, tie_word_embeddings=tie)
 
@@ -123,19 +121,18 @@ def padding_mask(attention_mask, L: int) -> mx.array:
     k = mx.arange(K)[None]
     return ((k <= q) & am[:, None, None, :]) | (k == q)   # a padded query still sees itself (no all -inf row)
 
-# %% ../../nbs/models/llava.ipynb #9f7217be
-def use_hf_rope(language_model: nn.Module, text: llama.TextConfig) -> bool:
+# %% ../../nbs/models/llava.ipynb #b1540231
+def exact_plain_rope(language_model: nn.Module, text: llama.TextConfig) -> bool:
     "Give a Llama decoder's layers transformers' rotary frequencies (`HFRoPE`) when its rope is plain; whether it did."
     if text.rope_scaling is not None: return False          # Llama 3 / linear scaling: mlx-lm's implementation
-    for layer in language_model.model.layers: layer.self_attn.rope = HFRoPE(text.head_dim, text.rope_theta)
+    rope.use_hf_rope(language_model.model.layers, text.head_dim, text.rope_theta)
     return True
 
 def fix_mlx_vlm(model) -> list[str]:
     "Correct mlx-vlm's LLaVA / LLaVA-NeXT model in place where it departs from transformers; what was corrected."
     tc = model.config.text_config
     if getattr(tc, "rope_scaling", None): return []
-    for layer in model.language_model.model.layers:
-        layer.self_attn.rope = HFRoPE(tc.hidden_size // tc.num_attention_heads, tc.rope_theta)
+    rope.use_hf_rope(model.language_model.model.layers, tc.hidden_size // tc.num_attention_heads, tc.rope_theta)
     return ["rotary inverse frequencies rounded as transformers' (mlx-vlm: nn.RoPE from base)"]
 
 # %% ../../nbs/models/llava.ipynb #14bb4aa6
@@ -147,7 +144,7 @@ class Model(VLMBase):
         self.vision_tower = VisionTower(config.vision_config)
         self.multi_modal_projector = make_projector(config)
         self.language_model = llama.LanguageModel(config.text_config)
-        use_hf_rope(self.language_model, config.text_config)
+        exact_plain_rope(self.language_model, config.text_config)
 
     @property
     def layers(self): return self.language_model.model.layers

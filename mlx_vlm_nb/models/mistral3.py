@@ -8,8 +8,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/mistral3.html.md"""
 # %% auto #0
 __all__ = ['read_text_config', 'ModelConfig', 'PatchMerger', 'MultiModalProjector', 'Model']
 
-# %% ../../nbs/models/mistral3.ipynb #488410be
-import dataclasses
+# %% ../../nbs/models/mistral3.ipynb #76c084fe
 from dataclasses import dataclass
 import numpy as np
 import mlx.core as mx
@@ -18,14 +17,10 @@ from ..config import ConfigError, config_value
 from . import llama, pixtral
 from .llava import PROJECTOR_ACTIVATIONS
 
-# %% ../../nbs/models/mistral3.ipynb #5aec28f3
+# %% ../../nbs/models/mistral3.ipynb #238bebcb
 def read_text_config(cfg: dict, what: str = "mistral3") -> llama.TextConfig:
-    "The decoder's config from `text_config`; an explicit `sliding_window: null` means no window."
-    text_cfg = cfg.get("text_config") or {}
-    text = llama.TextConfig.from_dict(text_cfg, what=f"{what}.text_config")
-    if "sliding_window" in text_cfg and text_cfg["sliding_window"] is None:
-        text = dataclasses.replace(text, sliding_window=None)
-    return text
+    "The decoder's config from `text_config` (an explicit `sliding_window: null` means no window, as `llama.TextConfig` reads it)."
+    return llama.TextConfig.from_dict(cfg.get("text_config") or {}, what=f"{what}.text_config")
 
 @dataclass
 class ModelConfig(pixtral.ModelConfig):

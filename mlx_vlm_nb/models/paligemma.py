@@ -7,21 +7,20 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/paligemma.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'TextConfig', 'ModelConfig', 'prefix_mask', 'Attention', 'MLP', 'DecoderLayer', 'GemmaModel',
-           'LanguageModel', 'VisionTower', 'MultiModalProjector', 'Model', 'fix_mlx_vlm']
+           'LanguageModel', 'MultiModalProjector', 'Model', 'fix_mlx_vlm']
 
-# %% ../../nbs/models/paligemma.ipynb #bd6ac962
+# %% ../../nbs/models/paligemma.ipynb #1c7b8880
 from ..config import ConfigError, config_value
-from .base import InputEmbeddings, VLMBase
+from .base import InputEmbeddings, VLMBase, layer_caches, batch_layer_caches, group_attention_mask
 from . import siglip
-from .idefics3 import HFRoPE
+from .rope import HFRoPE
 
-# %% ../../nbs/models/paligemma.ipynb #5927b3f3
+# %% ../../nbs/models/paligemma.ipynb #787c95d6
 from dataclasses import dataclass
 import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
-from mlx_lm.models.cache import KVCache, RotatingKVCache, BatchKVCache, BatchRotatingKVCache
+from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.gemma import RMSNorm
 
 # %% ../../nbs/models/paligemma.ipynb #a7261bf3
@@ -148,15 +147,7 @@ class ModelConfig:
 # %% ../../nbs/models/paligemma.ipynb #000e81f4
 def prefix_mask(h: mx.array, cache=None, window: int | None = None, groups: mx.array | None = None):
     "Boolean attention mask of a chunk: causal (windowed, padding-aware via the cache), open both ways within `groups`."
-    mask = create_attention_mask(h, cache, window_size=window, return_array=True)
-    if groups is None: return mask
-    L = h.shape[1]
-    g = groups[:, None, :, None]
-    same = (g == groups[:, None, None, :]) & (g != 0)                # (B, 1, L, L)
-    if mask is None: mask = mx.ones((L, L), dtype=mx.bool_)           # a single token: it sees itself and the cache
-    K = mask.shape[-1]
-    if K > L: same = mx.concatenate([mx.zeros((*same.shape[:3], K - L), dtype=mx.bool_), same], axis=-1)
-    return mask | same
+    return group_attention_mask(h, cache, window, groups, return_array=True)
 
 # %% ../../nbs/models/paligemma.ipynb #b8aad28c
 class Attention(nn.Module):
@@ -278,28 +269,15 @@ class LanguageModel(nn.Module):
     @property
     def layers(self): return self.model.layers
 
-    def make_cache(self, max_kv_size: int | None = None) -> list:
-        out = []
-        for layer in self.layers:
-            w = self.config.sliding_window if layer.sliding else None
-            if max_kv_size is not None and (w is None or max_kv_size < w): out.append(RotatingKVCache(max_kv_size, keep=4))
-            elif w is not None: out.append(RotatingKVCache(max_size=w, keep=0))
-            else: out.append(KVCache())
-        return out
+    def windows(self) -> list:
+        "Each layer's attention window (None: global)."
+        return [self.config.sliding_window if layer.sliding else None for layer in self.layers]
 
-    def make_batch_cache(self, left_padding: list[int]) -> list:
-        return [BatchRotatingKVCache(self.config.sliding_window, left_padding) if layer.sliding else BatchKVCache(left_padding)
-                for layer in self.layers]
+    def make_cache(self, max_kv_size: int | None = None) -> list: return layer_caches(self.windows(), max_kv_size)
 
-# %% ../../nbs/models/paligemma.ipynb #815c4607
-class VisionTower(nn.Module):
-    "Holds SigLIP as `vision_model`, the level the Hub's weight names have."
-    def __init__(self, config: siglip.VisionConfig):
-        super().__init__()
-        self.vision_model = siglip.VisionModel(config)
+    def make_batch_cache(self, left_padding: list[int]) -> list: return batch_layer_caches(self.windows(), left_padding)
 
-    def __call__(self, pixel_values): return self.vision_model(pixel_values)[0]
-
+# %% ../../nbs/models/paligemma.ipynb #e31bbc63
 class MultiModalProjector(nn.Module):
     def __init__(self, vision_hidden: int, projection_dim: int):
         super().__init__()
@@ -313,20 +291,17 @@ class Model(VLMBase):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.vision_tower = VisionTower(config.vision_config)
+        self.vision_tower = siglip.VisionTower(config.vision_config)
         self.multi_modal_projector = MultiModalProjector(config.vision_config.hidden_size, config.projection_dim)
         self.language_model = LanguageModel(config.text_config, config.tie_word_embeddings)
 
     @property
     def layers(self): return self.language_model.model.layers
 
-    def make_cache(self, max_kv_size: int | None = None) -> list: return self.language_model.make_cache(max_kv_size)
-
-    def make_batch_cache(self, left_padding: list[int]) -> list: return self.language_model.make_batch_cache(left_padding)
 
     def encode_images(self, pixel_values) -> mx.array:
         "Projected image features `(n_images, patches, text width)`."
-        return self.multi_modal_projector(self.vision_tower(pixel_values))
+        return self.multi_modal_projector(self.vision_tower(pixel_values)[0])
 
     def get_input_embeddings(self, input_ids, pixel_values=None, attention_mask=None, token_type_ids=None,
                              **kw) -> InputEmbeddings:

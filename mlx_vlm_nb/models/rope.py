@@ -1,5 +1,5 @@
 """Multimodal rotary embedding (M-RoPE) for the language model and the 2-D rotary embedding of the
-vision tower, shared by the Qwen-VL families.
+vision tower, shared by the Qwen-VL families, and the 1-D rotary embedding with transformers' exact frequencies.
 
 Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/rope.html.md"""
 
@@ -7,11 +7,12 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/rope.html.md"""
 
 # %% auto #0
 __all__ = ['rope_inv_freq', 'rotate_half', 'apply_rotary', 'mrope_cos_sin', 'mrope_position_ids', 'vision_position_ids',
-           'vision_rope_cos_sin']
+           'vision_rope_cos_sin', 'HFRoPE', 'use_hf_rope']
 
-# %% ../../nbs/models/rope.ipynb #ed704c41
+# %% ../../nbs/models/rope.ipynb #1a4d72a4
 import numpy as np
 import mlx.core as mx
+import mlx.nn as nn
 
 # %% ../../nbs/models/rope.ipynb #8a1cbfa6
 def rope_inv_freq(dim: int, theta: float) -> mx.array:
@@ -106,3 +107,19 @@ def vision_rope_cos_sin(pos_hw, head_dim: int, theta: float = 10000.0):
     freqs = freqs.reshape(freqs.shape[0], -1)                             # [rows..., cols...]
     emb = mx.concatenate([freqs, freqs], axis=-1)
     return mx.cos(emb), mx.sin(emb)
+
+# %% ../../nbs/models/rope.ipynb #3e946db8
+class HFRoPE(nn.Module):
+    "transformers' default rotary embedding (rotate-half layout): `mx.fast.rope` with transformers' frequencies."
+    def __init__(self, dims: int, base: float):
+        super().__init__()
+        self.dims = dims
+        # base ** (2i/d), correctly rounded to float32 as torch's pow is; mx.fast.rope takes 1/freqs in float32
+        self._freqs = mx.array((np.float64(base) ** (np.arange(0, dims, 2) / dims)).astype(np.float32))
+
+    def __call__(self, x, offset=0):
+        return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs)
+
+def use_hf_rope(layers, head_dim: int, theta: float):
+    "Give each decoder layer's attention (`layer.self_attn.rope`) transformers' exact rotary frequencies."
+    for layer in layers: layer.self_attn.rope = HFRoPE(head_dim, theta)

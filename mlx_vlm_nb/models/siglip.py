@@ -8,7 +8,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/siglip.html.md"""
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'check_activation', 'VisionConfig', 'Attention', 'MLP', 'EncoderLayer', 'Encoder', 'to_channels_last',
            'sanitize_conv', 'bucketed_position_ids', 'VisionEmbeddings', 'MultiheadAttention',
-           'MultiheadAttentionPoolingHead', 'VisionModel']
+           'MultiheadAttentionPoolingHead', 'VisionModel', 'VisionTower']
 
 # %% ../../nbs/models/siglip.ipynb #066b68a8
 from ..config import ConfigError, config_value
@@ -281,3 +281,13 @@ class VisionModel(nn.Module):
     def sanitize(self, weights: dict) -> dict:
         "Tower weights (names relative to the tower) to MLX layout: patch kernel transposed, buffers dropped."
         return sanitize_conv(weights)
+
+# %% ../../nbs/models/siglip.ipynb #79c3c762
+class VisionTower(nn.Module):
+    "`VisionModel` held as `vision_model`, the level of the Hub's weight names; called like it."
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.vision_model = VisionModel(config)
+
+    def __call__(self, pixel_values, output_hidden_states: bool = False):
+        return self.vision_model(pixel_values, output_hidden_states=output_hidden_states)
