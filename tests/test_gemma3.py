@@ -104,3 +104,20 @@ def test_odd_image_sizes_are_resized(loaded, size):
     assert inputs["pixel_values"].shape == (1, 3, 112, 112)
     toks = [t for t, _ in generate_step(model, inputs, max_tokens=3)]
     assert len(toks) == 3 and np.isfinite(np.array(model(**inputs))).all()
+
+def test_kv_bits_quantizes_the_global_layers_only():
+    """kv_bits quantizes the full-attention layer's cache; the sliding layers keep their (bounded) rotating caches,
+    which mlx-lm cannot quantize. With max_kv_size every layer rotates, so kv_bits is a clear error."""
+    from mlx_lm.models.cache import QuantizedKVCache
+    # MLX quantizes in groups of >= 32: this needs a head_dim of 32
+    model, processor = load(str(cached_checkpoint("gemma3", "hub", **{"text_config.head_dim": 32})))
+    prompt = apply_chat_template(processor, model.config, LONG, num_images=1)
+    image = sample_image(112, 84)
+    cache = model.make_cache()
+    q = list(stream_generate(model, processor, prompt, image=image, max_tokens=8, kv_bits=8, kv_group_size=32,
+                             prompt_cache=cache))
+    assert [type(c) for c in cache] == [RotatingKVCache] * 5 + [QuantizedKVCache]
+    base = list(stream_generate(model, processor, prompt, image=image, max_tokens=8))
+    assert q[0].token == base[0].token, "quantization starts after the prompt: the first token is unaffected"
+    with pytest.raises(ValueError, match="max_kv_size=6 gives every layer a rotating cache"):
+        list(stream_generate(model, processor, prompt, image=image, max_tokens=2, kv_bits=8, kv_group_size=32, max_kv_size=6))

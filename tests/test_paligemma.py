@@ -1,6 +1,5 @@
 """PaliGemma / PaliGemma 2 beyond the parity cases: bad inputs, the prefix across chunked prefill, sliding windows,
-batches, prompts. (Parity of PaliGemma in every layout is in test_parity.py, of PaliGemma 2 in
-test_paligemma2_parity.py.)"""
+batches, prompts. (Parity of PaliGemma and PaliGemma 2 in every layout is in test_parity.py.)"""
 import json, os, subprocess, sys
 import numpy as np
 import pytest

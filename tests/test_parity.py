@@ -1,4 +1,5 @@
-"""Parity of every supported family, in every checkpoint layout, against transformers and mlx-vlm.
+"""Parity of every supported family (every factory checkpoint of a supported model type: `parity_checkpoints`, which
+adds PaliGemma 2 to the registry's families), in every checkpoint layout, against transformers and mlx-vlm.
 
 The same tiny random-weight checkpoint runs through transformers (torch CPU, fp32) and mlx_vlm_nb (MLX CPU, fp32):
 prompts, processor outputs, logits over all prompt positions and 32 greedy tokens must agree. Checkpoints that
@@ -11,8 +12,7 @@ from pathlib import Path
 import pytest
 from mlx_vlm_nb.factory import cached_checkpoint, get_spec
 from mlx_vlm_nb.parity import parity_table
-from mlx_vlm_nb.registry import FAMILIES
-from mlx_vlm_nb.support import parity_results, result_ok
+from mlx_vlm_nb.support import parity_checkpoints, parity_results, result_ok
 
 REPORT = Path(os.environ.get("MLX_VLM_NB_PARITY_REPORT", Path(__file__).parent/".parity.jsonl"))
 
@@ -36,7 +36,7 @@ def _check(results, layout):
 def _skip_without_mlx_layout(family):
     if (why := get_spec(family).mlx_blocker): pytest.skip(f"no mlx-vlm-converted layout for {family}: {why}")
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", parity_checkpoints())
 @pytest.mark.parametrize("layout", ["hub", "transformers5", "transformers5_new_names"])
 def test_against_transformers(family, layout):
     results = parity_results(family, layout)
@@ -44,7 +44,7 @@ def test_against_transformers(family, layout):
     assert {r.reference for r in results} == {"transformers"}
     _check(results, layout)
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", parity_checkpoints())
 def test_mlx_vlm_converted_fp32(family):
     _skip_without_mlx_layout(family)
     results = parity_results(family, "mlx")
@@ -52,7 +52,7 @@ def test_mlx_vlm_converted_fp32(family):
     assert {r.reference for r in results} in ({"transformers", "mlx-vlm"}, {"transformers", "mlx-vlm (fixed)", "mlx-vlm (as is)"})
     _check(results, "mlx")
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", parity_checkpoints())
 @pytest.mark.parametrize("bits", [4, 8])
 def test_mlx_vlm_converted_quantized(family, bits):
     _skip_without_mlx_layout(family)
