@@ -6,7 +6,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/parity.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_CASES', 'ONE_IMAGE_CASES', 'Case', 'load_cases', 'cases_for', 'case_images', 'case_messages', 'reference_run',
-           'mlx_vlm_run', 'ParityResult', 'run_parity', 'parity_table']
+           'mlx_vlm_run', 'ParityResult', 'reference_outputs', 'run_parity', 'parity_table']
 
 # %% ../nbs/10_parity.ipynb #7dcc13b6
 import json, os, subprocess, sys, tempfile, time
@@ -101,19 +101,25 @@ def reference_run(model_dir: str, out_dir: str, cases=DEFAULT_CASES, n_greedy: i
                  **{f"in_{k}": v.numpy() for k, v in inputs.items() if hasattr(v, "numpy")})
         (out/f"case{i}.prompt.txt").write_text(prompt)
 
-# %% ../nbs/10_parity.ipynb #b4be1171
+# %% ../nbs/10_parity.ipynb #cb2acd33
 def mlx_vlm_run(model_dir: str, out_dir: str, input_dir: str, cases=DEFAULT_CASES, n_greedy: int = 32, only: str = "",
-                fixed: str = ""):
+                fix: str = ""):
     """Run mlx-vlm's model on the saved reference inputs of each case (of the names in `only`, if given; called in a
-    subprocess); with `fixed`, after the family's `fix_mlx_vlm`."""
+    subprocess) into `out_dir/plain`; with `fix`, as is into `out_dir/as_is`, then after the family's `fix_mlx_vlm`
+    into `out_dir/fixed` (one process, one load)."""
+    from mlx_vlm import load
+    model, _ = load(model_dir)
+    if not fix: return _mlx_vlm_cases(model, Path(out_dir)/"plain", input_dir, cases, n_greedy, only)
+    _mlx_vlm_cases(model, Path(out_dir)/"as_is", input_dir, cases, n_greedy, only)
+    from mlx_vlm_nb.registry import get_family
+    get_family(json.loads((Path(model_dir)/"config.json").read_text())["model_type"]).load_module().fix_mlx_vlm(model)
+    _mlx_vlm_cases(model, Path(out_dir)/"fixed", input_dir, cases, n_greedy, only)
+
+def _mlx_vlm_cases(model, out_dir: Path, input_dir, cases, n_greedy, only):
     import mlx.core as mx
     cases, n_greedy = load_cases(cases), int(n_greedy)
     only = set(filter(None, str(only).split("|")))
-    from mlx_vlm import load
-    model, _ = load(model_dir)
-    if fixed:
-        from mlx_vlm_nb.registry import get_family
-        get_family(json.loads((Path(model_dir)/"config.json").read_text())["model_type"]).load_module().fix_mlx_vlm(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for i, case in enumerate(cases):
         if only and case.name not in only: continue
         ref = np.load(Path(input_dir)/f"case{i}.npz")
@@ -133,7 +139,7 @@ def mlx_vlm_run(model_dir: str, out_dir: str, input_dir: str, cases=DEFAULT_CASE
         toks = []
         for (tok, _), _n in zip(generate_step(ids, model, pix, mask, max_tokens=n_greedy, temperature=0.0, **kw), range(n_greedy)):
             toks.append(int(tok.item() if hasattr(tok, "item") else tok))
-        np.savez(Path(out_dir)/f"case{i}.npz", logits=np.array(logits.astype(mx.float32)), greedy=np.array(toks))
+        np.savez(out_dir/f"case{i}.npz", logits=np.array(logits.astype(mx.float32)), greedy=np.array(toks))
 
 # %% ../nbs/10_parity.ipynb #a17741cc
 def _subprocess(fn: str, *args, timeout=900):
@@ -177,13 +183,32 @@ def _same_inputs(ours: dict, ref) -> bool:
     keys = [k[3:] for k in ref.files if k.startswith("in_")]
     return all(k in ours and np.array_equal(np.array(ours[k]), ref[f"in_{k}"]) for k in keys)
 
-# %% ../nbs/10_parity.ipynb #c8ef1ffa
+# %% ../nbs/10_parity.ipynb #67c06ec6
+_REFERENCE_RUN: dict = {}   # key -> (TemporaryDirectory, seconds per case): the latest transformers run
+
+def reference_outputs(reference_dir, cases, n_greedy: int) -> tuple[Path, float]:
+    "transformers' saved outputs for `cases` on `reference_dir` (run now, or reused from this process's last run), and the seconds per case it took."
+    reference_dir = Path(reference_dir).resolve()
+    cases_json = json.dumps([asdict(c) for c in cases])
+    key = (str(reference_dir), (reference_dir/"config.json").stat().st_mtime_ns, cases_json, int(n_greedy))
+    if key not in _REFERENCE_RUN:
+        for old, _ in _REFERENCE_RUN.values(): old.cleanup()
+        _REFERENCE_RUN.clear()
+        tmp = tempfile.TemporaryDirectory(prefix="mlx_vlm_nb-reference-")
+        (Path(tmp.name)/"cases.json").write_text(cases_json)
+        t0 = time.perf_counter()
+        _subprocess("reference_run", reference_dir, tmp.name, Path(tmp.name)/"cases.json", n_greedy)
+        _REFERENCE_RUN[key] = (tmp, (time.perf_counter() - t0) / max(len(cases), 1))
+    tmp, secs = _REFERENCE_RUN[key]
+    return Path(tmp.name), secs
+
+# %% ../nbs/10_parity.ipynb #71cc4cc0
 def run_parity(model_dir, reference_dir=None, cases=DEFAULT_CASES, n_greedy: int = 32,
                references=("transformers",), mlx_vlm_cases=None) -> list[ParityResult]:
     """Compare our model on `model_dir` with `references`: transformers (run on `reference_dir`, default the same
     folder: an mlx-vlm-converted folder is compared with the Hub folder it came from) and/or mlx-vlm (on `model_dir`,
-    on the cases named in `mlx_vlm_cases`, default all). The transformers processor always runs: its outputs are the
-    inputs every side gets."""
+    on the cases named in `mlx_vlm_cases`, default all). transformers always runs on `reference_dir` (once per process
+    for that folder, see `reference_outputs`): its processor outputs are the inputs every side gets."""
     from mlx_vlm_nb.loading import load
     from mlx_vlm_nb.prompt import apply_chat_template
     model_dir = Path(model_dir)
@@ -191,27 +216,26 @@ def run_parity(model_dir, reference_dir=None, cases=DEFAULT_CASES, n_greedy: int
     model, processor = load(str(model_dir))
     cases = cases_for(model.family, cases)
     results = []
+    ref_dir, t_ref = reference_outputs(reference_dir, cases, n_greedy)
     with tempfile.TemporaryDirectory() as tmp:
-        ref_dir = Path(tmp)/"transformers"; ref_dir.mkdir()
-        cases_file = Path(tmp)/"cases.json"
-        cases_file.write_text(json.dumps([asdict(c) for c in cases]))
-        t0 = time.perf_counter()
-        _subprocess("reference_run", reference_dir, ref_dir, cases_file, n_greedy)
-        t_ref = (time.perf_counter() - t0) / len(cases)
         vlm_runs = {}  # reference name -> folder
+        t_vlm = 0.0
         if "mlx-vlm" in references:
             fixes = hasattr(model.family.load_module(), "fix_mlx_vlm")
-            for name, fixed in ((("mlx-vlm (fixed)", "1"), ("mlx-vlm (as is)", "")) if fixes else (("mlx-vlm", ""),)):
-                vlm_runs[name] = Path(tmp)/f"mlx_vlm{fixed}"; vlm_runs[name].mkdir()
-                _subprocess("mlx_vlm_run", model_dir, vlm_runs[name], ref_dir, cases_file, n_greedy,
-                            "|".join(mlx_vlm_cases or ()), fixed)
+            t0 = time.perf_counter()
+            _subprocess("mlx_vlm_run", model_dir, tmp, ref_dir, ref_dir/"cases.json", n_greedy,
+                        "|".join(mlx_vlm_cases or ()), "1" if fixes else "")
+            vlm_runs = {"mlx-vlm (fixed)": Path(tmp)/"fixed", "mlx-vlm (as is)": Path(tmp)/"as_is"} if fixes \
+                else {"mlx-vlm": Path(tmp)/"plain"}
+            t_vlm = (time.perf_counter() - t0) / len(cases)
         for i, case in enumerate(cases):
             t0 = time.perf_counter()
             ref = np.load(ref_dir/f"case{i}.npz")
             ref_prompt = (ref_dir/f"case{i}.prompt.txt").read_text()
             ours_prompt = apply_chat_template(processor, model.config, case.text, num_images=len(case.image_sizes))
             inputs, logits, greedy = _ours(model, processor, ref_prompt, case_images(case), n_greedy)
-            secs = time.perf_counter() - t0 + t_ref
+            # seconds: ours plus the per-case time of each reference this row compares with
+            secs = time.perf_counter() - t0 + t_vlm + (t_ref if "transformers" in references else 0.0)
             refs = ([("transformers", ref)] if "transformers" in references else []) + \
                    [(name, np.load(d/f"case{i}.npz")) for name, d in vlm_runs.items() if (d/f"case{i}.npz").exists()]
             for name, r in refs:
@@ -222,7 +246,7 @@ def run_parity(model_dir, reference_dir=None, cases=DEFAULT_CASES, n_greedy: int
                                             float(r["min_gap"]) if "min_gap" in r.files else float("nan"), secs))
     return results
 
-# %% ../nbs/10_parity.ipynb #ad7f29b8
+# %% ../nbs/10_parity.ipynb #050cfeec
 def parity_table(results) -> str:
     "The results as a plain-text table."
     rows = [f"{'case':<12}{'reference':<17}{'prompt':<8}{'processor':<11}{'max|dlogit|':>13}{'rel':>10}{'greedy':>9}{'gap':>9}"]

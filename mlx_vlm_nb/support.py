@@ -17,15 +17,16 @@ from .factory import SPECS, cached_checkpoint, checkpoint_key, factory_cache_dir
 from .parity import DEFAULT_CASES, ParityResult, run_parity
 from .registry import FAMILIES
 
-# %% ../nbs/14_model_support.ipynb #84771a5a
-# layout -> (factory layout, quantization bits, references)
+# %% ../nbs/14_model_support.ipynb #18a88178
+# layout -> (factory layout, quantization bits, references). The mlx-vlm-converted layouts come right after "hub":
+# all four take transformers' outputs on the Hub folder, which `parity.reference_outputs` then runs once.
 LAYOUTS = {
     "hub": ("hub", None, ("transformers",)),
-    "transformers5": ("transformers5", None, ("transformers",)),
-    "transformers5_new_names": ("transformers5_new_names", None, ("transformers",)),
     "mlx": ("mlx", None, ("transformers", "mlx-vlm")),
     "mlx 4-bit": ("mlx", 4, ("mlx-vlm",)),
     "mlx 8-bit": ("mlx", 8, ("mlx-vlm",)),
+    "transformers5": ("transformers5", None, ("transformers",)),
+    "transformers5_new_names": ("transformers5_new_names", None, ("transformers",)),
 }
 _LIBS = ("transformers", "torch", "tokenizers", "mlx", "mlx-lm", "mlx-vlm", "numpy", "pillow")
 
