@@ -2,6 +2,7 @@
 
 Modules:
 
+- `mlx_vlm_nb.convert`: `convert` a Hub or local checkpoint into an MLX folder in the mlx-community layout: dtype cast, affine 2-8 bit, mxfp4 / nvfp4 / mxfp8 and mixed-bit quantization, sharded safetensors, processor files and a model card.
 - `mlx_vlm_nb.factory`: Tiny random-weight checkpoints of real architectures, built offline from real Hub metadata, in every layout users meet: Hub-published, transformers 5 `save_pretrained`, and converted by mlx-vlm.
 - `mlx_vlm_nb.models.aya_vision`: Cohere's Aya Vision (HF `model_type` `aya_vision`): a SigLIP tower on image tiles, a pixel-shuffle SwiGLU projector, and a Cohere 2 language model whose layers alternate sliding-window and global attention.
 - `mlx_vlm_nb.models.clip`: The CLIP vision transformer (HF `CLIPVisionTransformer`), shared by LLaVA and LLaVA-NeXT, and the selection of hidden states by layer index that LLaVA-style models do.
@@ -33,7 +34,7 @@ _LAZY = {
     "load": "loading", "load_config": "config", "get_model_path": "loading",
     "apply_chat_template": "prompt", "generate": "generation", "stream_generate": "generation",
     "batch_generate": "generation", "GenerationResult": "generation", "BatchResponse": "generation",
-    "BatchStats": "generation", "doctor": "blas",
+    "BatchStats": "generation", "doctor": "blas", "convert": "convert",
 }
 
 def __getattr__(name):

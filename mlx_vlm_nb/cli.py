@@ -1,4 +1,4 @@
-"""`mlx_vlm_nb generate ...` with `mlx_vlm.generate`'s flags, plus `doctor`.
+"""`mlx_vlm_nb generate ...` and `mlx_vlm_nb convert ...` with mlx-vlm's flags, plus `tiny` and `doctor`.
 
 Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/cli.html.md"""
 
@@ -89,18 +89,44 @@ def _run_tiny(args):
     if args.image_out: sample_image(224, 168, seed=args.seed).save(args.image_out)
     print(path)
 
-# %% ../nbs/09_cli.ipynb #484c3091
+# %% ../nbs/09_cli.ipynb #59950a37
+def _convert_parser(sub):
+    p = sub.add_parser("convert", help="convert a checkpoint to MLX (mlx-community layout), optionally quantized")
+    p.add_argument("--hf-path", required=True, help="Hub id or local folder of the source checkpoint")
+    p.add_argument("--mlx-path", default="mlx_model", help="folder to write")
+    p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="weight dtype (default: the source's)")
+    p.add_argument("-q", "--quantize", action="store_true", help="quantize the language model")
+    p.add_argument("--q-bits", type=int, default=None, help="bits per weight (default: the mode's)")
+    p.add_argument("--q-group-size", type=int, default=None, help="group size (default: the mode's)")
+    p.add_argument("--q-mode", default="affine", help="affine, mxfp4, nvfp4 or mxfp8")
+    p.add_argument("--quant-recipe", "--quant-predicate", dest="quant_recipe", default=None,
+                   help="mixed-bit recipe: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6")
+    p.add_argument("--quantize-vision", action="store_true", help="quantize the vision tower and projector too")
+    p.add_argument("-d", "--dequantize", action="store_true", help="dequantize a quantized source")
+    p.add_argument("--max-shard-size-gb", type=float, default=5.0, help="largest safetensors shard")
+    p.add_argument("--revision", default=None, help="Hub revision of the source")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --mlx-path")
+    return p
+
+def _run_convert(args):
+    from mlx_vlm_nb.convert import convert
+    kw = {k: v for k, v in vars(args).items() if k not in ("command",)}
+    print(convert(**kw))
+
+# %% ../nbs/09_cli.ipynb #a6f9f14a
 def main(argv=None):
     "Entry point of the `mlx_vlm_nb` console script."
     parser = argparse.ArgumentParser(prog="mlx_vlm_nb", description="Run vision-language models on MLX.")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
     _tiny_parser(sub)
+    _convert_parser(sub)
     sub.add_parser("doctor", help="report backend, BLAS, threads and memory")
     args = parser.parse_args(argv)
     try:
         if args.command == "generate": _run_generate(args)
         elif args.command == "tiny": _run_tiny(args)
+        elif args.command == "convert": _run_convert(args)
         elif args.command == "doctor":
             from mlx_vlm_nb.blas import print_doctor
             print_doctor()
