@@ -7,7 +7,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/convert.html.md"""
 
 # %% auto #0
 __all__ = ['DTYPES', 'Q_MODES', 'quant_recipes', 'quant_settings', 'quant_predicate', 'save_weights', 'copy_support_files',
-           'write_model_card', 'convert']
+           'write_model_card', 'convert', 'save_model']
 
 # %% ../nbs/15_convert.ipynb #05802701
 import json, shutil
@@ -172,9 +172,35 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str|None = None, q
                                        quant_predicate=quant_predicate(model, q, quantize_vision, quant_recipe))
     n_quantized = sum(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
     if out.exists() and overwrite: shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(out, dict(tree_flatten(model.parameters())), max_shard_size_gb)
-    copy_support_files(src, out)
-    (out/"config.json").write_text(json.dumps(config, indent=2))
-    write_model_card(out, hf_path, _summary(target, q, quant_recipe, quantize_vision, n_quantized, n_linear))
-    return out
+    summary = _summary(target, q, quant_recipe, quantize_vision, n_quantized, n_linear)
+    return save_model(model, out, config=config, source=src, card=(hf_path, summary), max_shard_size_gb=max_shard_size_gb)
+
+# %% ../nbs/15_convert.ipynb #54d51cb6
+def _quantization_block(model, config: dict) -> dict:
+    "`config` with a `quantization` block matching `model`'s quantized layers (none: no block)."
+    config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    layers = {n: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
+              for n, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+    if layers:
+        common = max(map(json.dumps, layers.values()), key=list(map(json.dumps, layers.values())).count)
+        block = json.loads(common)
+        block.update({n: q for n, q in layers.items() if q != block})   # per-layer settings that differ
+        config["quantization"] = config["quantization_config"] = block
+    return config
+
+def save_model(model: nn.Module, path, config: dict|None = None, source=None, card=None,
+               max_shard_size_gb: float = 5.0) -> Path:
+    """Write `model` as an MLX checkpoint folder: weights, `config.json` (default: the one it was loaded with, its
+    quantization block brought up to date), the support files of `source` (default: the folder it was loaded from)
+    and, given `card=(source name, summary)`, a model card."""
+    from mlx.utils import tree_flatten
+    if any(type(m).__name__ in ("LoRALinear", "DoRALinear") for _, m in model.named_modules()):
+        raise ValueError("the model has unfused adapters: fuse them (mlx_vlm_nb.lora.fuse) or save them with save_adapters")
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    source = Path(source or model.model_path)
+    config = _quantization_block(model, config if config is not None else model.hf_config)
+    save_weights(path, dict(tree_flatten(model.parameters())), max_shard_size_gb)
+    copy_support_files(source, path)
+    (path/"config.json").write_text(json.dumps(config, indent=2))
+    if card: write_model_card(path, *card)
+    return path

@@ -107,11 +107,12 @@ def load_model(model_path, lazy: bool = False, dtype=None, **config_overrides) -
 def load(path_or_hf_repo: str, adapter_path: str|None = None, revision: str|None = None,
          trust_remote_code: bool = False, lazy: bool = False, dtype=None, **kwargs):
     "Load `(model, processor)` from a Hub id or a local folder, like `mlx_vlm.load`."
-    if adapter_path is not None:
-        raise NotImplementedError("loading adapters is not available in this version of mlx_vlm_nb")
     model_path = get_model_path(path_or_hf_repo, revision=revision, trust_remote_code=trust_remote_code,
                                 force_download=kwargs.pop("force_download", False))
     model = load_model(model_path, lazy=lazy, dtype=dtype)
+    if adapter_path is not None:   # LoRA / DoRA / full fine-tune weights, mlx-vlm's format (see mlx_vlm_nb.lora)
+        from mlx_vlm_nb.lora import load_adapters
+        load_adapters(model, adapter_path)
     from mlx_vlm_nb.processors import load_processor
     processor = load_processor(model_path, model.family, trust_remote_code=trust_remote_code, **kwargs)
     return model, processor

@@ -63,8 +63,10 @@ def test_our_quantized_folders_run_the_same_in_mlx_vlm(settings, tmp_path):
     quantized = {n.split(".")[0] for n, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)}
     assert quantized == ({"language_model", "vision_tower"} if settings.get("quantize_vision") else {"language_model"})
     cfg = json.loads((out/"config.json").read_text())
-    if "quant_recipe" in settings:   # per-layer bit widths in the config, some 3-bit and some 6-bit layers
-        assert {v["bits"] for v in cfg["quantization"].values() if isinstance(v, dict)} == {3, 6}
+    if "quant_recipe" in settings:   # 3 bits, with per-layer entries for the 6-bit layers
+        bits = {n: m.bits for n, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)}
+        assert set(bits.values()) == {3, 6} and cfg["quantization"]["bits"] == 3
+        assert {n for n, v in cfg["quantization"].items() if isinstance(v, dict)} == {n for n, b in bits.items() if b == 6}
     results = run_parity(out, reference_dir=src, cases=DEFAULT_CASES[:2], references=("mlx-vlm",))
     assert results and all(r.greedy_match == r.greedy_total == 32 for r in results), results
 
