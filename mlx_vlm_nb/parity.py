@@ -105,12 +105,12 @@ def reference_run(model_dir: str, out_dir: str, cases=DEFAULT_CASES, n_greedy: i
 def mlx_vlm_run(model_dir: str, out_dir: str, input_dir: str, cases=DEFAULT_CASES, n_greedy: int = 32, only: str = "",
                 fix: str = ""):
     """Run mlx-vlm's model on the saved reference inputs of each case (of the names in `only`, if given; called in a
-    subprocess) into `out_dir/plain`; with `fix`, as is into `out_dir/as_is`, then after the family's `fix_mlx_vlm`
-    into `out_dir/fixed` (one process, one load)."""
+    subprocess) into `out_dir/plain`; with `fix`, as is into `out_dir/as_is` (unless `fix == "fixed only"`), then
+    after the family's `fix_mlx_vlm` into `out_dir/fixed` (one process, one load)."""
     from mlx_vlm import load
     model, _ = load(model_dir)
     if not fix: return _mlx_vlm_cases(model, Path(out_dir)/"plain", input_dir, cases, n_greedy, only)
-    _mlx_vlm_cases(model, Path(out_dir)/"as_is", input_dir, cases, n_greedy, only)
+    if fix != "fixed only": _mlx_vlm_cases(model, Path(out_dir)/"as_is", input_dir, cases, n_greedy, only)
     from mlx_vlm_nb.registry import get_family
     get_family(json.loads((Path(model_dir)/"config.json").read_text())["model_type"]).load_module().fix_mlx_vlm(model)
     _mlx_vlm_cases(model, Path(out_dir)/"fixed", input_dir, cases, n_greedy, only)
@@ -202,12 +202,13 @@ def reference_outputs(reference_dir, cases, n_greedy: int) -> tuple[Path, float]
     tmp, secs = _REFERENCE_RUN[key]
     return Path(tmp.name), secs
 
-# %% ../nbs/10_parity.ipynb #71cc4cc0
+# %% ../nbs/10_parity.ipynb #d8692cbb
 def run_parity(model_dir, reference_dir=None, cases=DEFAULT_CASES, n_greedy: int = 32,
-               references=("transformers",), mlx_vlm_cases=None) -> list[ParityResult]:
+               references=("transformers",), mlx_vlm_cases=None, mlx_vlm_as_is: bool = True) -> list[ParityResult]:
     """Compare our model on `model_dir` with `references`: transformers (run on `reference_dir`, default the same
     folder: an mlx-vlm-converted folder is compared with the Hub folder it came from) and/or mlx-vlm (on `model_dir`,
-    on the cases named in `mlx_vlm_cases`, default all). transformers always runs on `reference_dir` (once per process
+    on the cases named in `mlx_vlm_cases`, default all; for a family with `fix_mlx_vlm`, corrected and, with
+    `mlx_vlm_as_is`, as is too). transformers always runs on `reference_dir` (once per process
     for that folder, see `reference_outputs`): its processor outputs are the inputs every side gets."""
     from mlx_vlm_nb.loading import load
     from mlx_vlm_nb.prompt import apply_chat_template
@@ -224,9 +225,9 @@ def run_parity(model_dir, reference_dir=None, cases=DEFAULT_CASES, n_greedy: int
             fixes = hasattr(model.family.load_module(), "fix_mlx_vlm")
             t0 = time.perf_counter()
             _subprocess("mlx_vlm_run", model_dir, tmp, ref_dir, ref_dir/"cases.json", n_greedy,
-                        "|".join(mlx_vlm_cases or ()), "1" if fixes else "")
-            vlm_runs = {"mlx-vlm (fixed)": Path(tmp)/"fixed", "mlx-vlm (as is)": Path(tmp)/"as_is"} if fixes \
-                else {"mlx-vlm": Path(tmp)/"plain"}
+                        "|".join(mlx_vlm_cases or ()), ("both" if mlx_vlm_as_is else "fixed only") if fixes else "")
+            vlm_runs = {"mlx-vlm (fixed)": Path(tmp)/"fixed"} if fixes else {"mlx-vlm": Path(tmp)/"plain"}
+            if fixes and mlx_vlm_as_is: vlm_runs["mlx-vlm (as is)"] = Path(tmp)/"as_is"
             t_vlm = (time.perf_counter() - t0) / len(cases)
         for i, case in enumerate(cases):
             t0 = time.perf_counter()
