@@ -148,11 +148,12 @@ def test_config_default_max_tokens(ip, vlm):
     ("%vlm", "%vlm load MODEL"),
     ("%vlm frobnicate", "unknown command 'frobnicate'"),
     ("%vlm load", "the following arguments are required: model"),
-    ("%vlm load x --adapter lora.safetensors", "loading adapters is not available"),
+    ("%vlm load CKPT --adapter /no/such/adapter", "adapter path not found: /no/such/adapter"),
     ("%vlm load /no/such/model", "could not load /no/such/model"),
     ("%vlm chat now", "unknown chat option 'now'"),
 ])
 def test_bad_input_is_a_message(ip, vlm, code, message):
+    code = code.replace("CKPT", str(cached_checkpoint("qwen2_vl", "hub")))
     n = len(vlm.session.history)
     res, c = run(ip, code)
     assert res.success and res.error_in_exec is None and res.result is None, res.error_in_exec
