@@ -17,7 +17,7 @@ from mlx_vlm_nb.lora import apply_lora
 from mlx_vlm_nb.train import Trainer, TrainingArgs
 
 SHAPE = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-         "num_key_value_heads": 2, "rope_scaling.mrope_section": [16, 24, 24], "vision_config.depth": 8,
+         "num_key_value_heads": 2, "rope_scaling.mrope_section": [8, 12, 12], "vision_config.depth": 8,
          "vision_config.embed_dim": 640, "vision_config.num_heads": 10}
 
 def row():
