@@ -7,7 +7,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/convert.html.md"""
 
 # %% auto #0
 __all__ = ['DTYPES', 'Q_MODES', 'quant_recipes', 'quant_settings', 'quant_predicate', 'save_weights', 'copy_support_files',
-           'write_model_card', 'convert', 'save_model']
+           'write_model_card', 'convert', 'quantized_layers', 'save_model']
 
 # %% ../nbs/15_convert.ipynb #05802701
 import json, shutil
@@ -175,12 +175,16 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str|None = None, q
     summary = _summary(target, q, quant_recipe, quantize_vision, n_quantized, n_linear)
     return save_model(model, out, config=config, source=src, card=(hf_path, summary), max_shard_size_gb=max_shard_size_gb)
 
-# %% ../nbs/15_convert.ipynb #54d51cb6
+# %% ../nbs/15_convert.ipynb #c8bc37fc
+def quantized_layers(model) -> dict:
+    "`{path: {group_size, bits, mode}}` of the model's quantized layers."
+    return {n: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
+            for n, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+
 def _quantization_block(model, config: dict) -> dict:
     "`config` with a `quantization` block matching `model`'s quantized layers (none: no block)."
     config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
-    layers = {n: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
-              for n, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+    layers = quantized_layers(model)
     if layers:
         common = max(map(json.dumps, layers.values()), key=list(map(json.dumps, layers.values())).count)
         block = json.loads(common)

@@ -17,6 +17,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.dora import DoRALinear
+from .convert import quantized_layers
 
 # %% ../nbs/16_lora.ipynb #a27143b8
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
@@ -45,12 +46,7 @@ def lora_targets(model: nn.Module, keys=None, num_layers: int|None = None, visio
     if not pool: raise ValueError("no linear layers to adapt in this model")
     return pool
 
-# %% ../nbs/16_lora.ipynb #4ded285b
-def _quantization_of(model) -> dict:
-    "Per-layer quantization of the base, which mlx-vlm records as `base_quantization`."
-    return {n: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
-            for n, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
-
+# %% ../nbs/16_lora.ipynb #ec5587d2
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, keys=None,
                num_layers: int|None = None, vision: bool = False, use_dora: bool = False) -> list[str]:
     """Freeze `model` and replace its target layers (`lora_targets`) by LoRA (or DoRA) layers of `rank`, scaled by
@@ -62,7 +58,7 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: fl
     targets = lora_targets(model, keys, num_layers, vision)
     config = {"fine_tune_type": "dora" if use_dora else "lora", "num_layers": num_layers or -1,
               "lora_parameters": {"rank": rank, "scale": alpha / rank, "dropout": dropout, "keys": targets}}
-    if (q := _quantization_of(model)): config["base_quantization"] = q
+    if (q := quantized_layers(model)): config["base_quantization"] = q   # as mlx-vlm records the base
     _attach(model, config)
     return targets
 

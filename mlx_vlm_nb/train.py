@@ -16,6 +16,7 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx_lm.tuner.utils import build_schedule
 from mlx.utils import tree_flatten, tree_map
 from .prompt import apply_chat_template, build_messages, _count_images
 from .processors import prepare_inputs, load_image
@@ -138,8 +139,8 @@ class Trainer:
         if getattr(model, "adapter_config", None) is None:   # no adapters: every trainable weight is fine-tuned
             from mlx_vlm_nb.lora import _set_adapter_config
             _set_adapter_config(model, {"fine_tune_type": "full"})
-        lr = self.args.lr_schedule and __import__("mlx_lm.tuner.utils", fromlist=["build_schedule"]).build_schedule(self.args.lr_schedule)
-        self.optimizer = optim.AdamW(learning_rate=lr or self.args.learning_rate, weight_decay=self.args.weight_decay)
+        lr = build_schedule(self.args.lr_schedule) if self.args.lr_schedule else self.args.learning_rate
+        self.optimizer = optim.AdamW(learning_rate=lr, weight_decay=self.args.weight_decay)
         self.step, self.history, self.stop_requested = 0, [], False
         self._grad = nn.value_and_grad(model, lambda m, ex: loss_and_count(m, ex)[0])
 

@@ -8,10 +8,10 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/aya_vision.html.md"""
 # %% auto #0
 __all__ = ['TextConfig', 'ModelConfig', 'CohereModel', 'LanguageModel', 'MultiModalProjector', 'Model']
 
-# %% ../../nbs/models/aya_vision.ipynb #f0ae3773
+# %% ../../nbs/models/aya_vision.ipynb #10b7597b
 from ..config import ConfigError, config_value
 from . import siglip
-from .base import InputEmbeddings, VLMBase, layer_caches, batch_layer_caches
+from .base import InputEmbeddings, VLMBase, WindowedCaches
 from .clip import select_features
 
 # %% ../../nbs/models/aya_vision.ipynb #3d495907
@@ -206,8 +206,8 @@ class MultiModalProjector(nn.Module):
         x, gate = mx.split(self.linear_1(self.layernorm(self.pixel_shuffle(x))), 2, axis=-1)
         return self.linear_2(nn.silu(gate) * x)
 
-# %% ../../nbs/models/aya_vision.ipynb #a434fba0
-class Model(VLMBase):
+# %% ../../nbs/models/aya_vision.ipynb #53967dd8
+class Model(WindowedCaches, VLMBase):
     "Aya Vision for conditional generation."
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -269,10 +269,6 @@ class Model(VLMBase):
         "Each layer's attention window: Cohere 2's sliding window, or None for a global layer."
         tc = self.config.text_config
         return [tc.sliding_window if kind == "sliding_attention" else None for kind in tc.layer_types]
-
-    def make_cache(self, max_kv_size: int | None = None) -> list: return layer_caches(self.windows(), max_kv_size)
-
-    def make_batch_cache(self, left_padding: list[int]) -> list: return batch_layer_caches(self.windows(), left_padding)
 
     def sanitize(self, weights: dict) -> dict:
         "Map Hub, transformers-5 and mlx-vlm weight names to this module tree; patch kernel to channels-last."

@@ -10,9 +10,9 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/gemma3.html.md"""
 __all__ = ['TEXT_DEFAULTS', 'TextConfig', 'ModelConfig', 'image_mask', 'Attention', 'DecoderLayer', 'Gemma3Model',
            'LanguageModel', 'MultiModalProjector', 'image_groups', 'Model', 'fix_mlx_vlm']
 
-# %% ../../nbs/models/gemma3.ipynb #00236201
+# %% ../../nbs/models/gemma3.ipynb #68364ba7
 from ..config import ConfigError, config_value
-from .base import InputEmbeddings, VLMBase, layer_caches, batch_layer_caches, group_attention_mask
+from .base import InputEmbeddings, VLMBase, WindowedCaches, group_attention_mask
 from . import siglip
 
 # %% ../../nbs/models/gemma3.ipynb #fd6a1dc5
@@ -214,8 +214,8 @@ class Gemma3Model(nn.Module):
             h = layer(h, mask if mask is not None else masks[layer.sliding], c)
         return self.norm(h)
 
-# %% ../../nbs/models/gemma3.ipynb #31e82cf9
-class LanguageModel(nn.Module):
+# %% ../../nbs/models/gemma3.ipynb #4b7808c5
+class LanguageModel(WindowedCaches, nn.Module):
     "Gemma 3's decoder with its LM head: `inputs` (token ids) or `inputs_embeds` (already scaled) in, logits out."
     def __init__(self, config: TextConfig):
         super().__init__()
@@ -237,10 +237,6 @@ class LanguageModel(nn.Module):
     def windows(self) -> list:
         "Each layer's attention window (None: global)."
         return [self.config.sliding_window if layer.sliding else None for layer in self.layers]
-
-    def make_cache(self, max_kv_size: int | None = None) -> list: return layer_caches(self.windows(), max_kv_size)
-
-    def make_batch_cache(self, left_padding: list[int]) -> list: return batch_layer_caches(self.windows(), left_padding)
 
 # %% ../../nbs/models/gemma3.ipynb #2a294fcc
 class MultiModalProjector(nn.Module):

@@ -15,7 +15,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.llama import ModelArgs, TransformerBlock
 from ..config import ConfigError, config_value
-from .base import layer_caches, batch_layer_caches
+from .base import WindowedCaches
 
 # %% ../../nbs/models/llama.ipynb #9075a233
 # transformers' config-class defaults, used only for keys a checkpoint leaves out
@@ -105,8 +105,8 @@ class LlamaModel(nn.Module):
         for layer, c in zip(self.layers, cache): h = layer(h, mask, cache=c)
         return self.norm(h)
 
-# %% ../../nbs/models/llama.ipynb #55be3361
-class LanguageModel(nn.Module):
+# %% ../../nbs/models/llama.ipynb #a270993a
+class LanguageModel(WindowedCaches, nn.Module):
     "A Llama-architecture decoder with its LM head: `inputs` (token ids) or `inputs_embeds` in, logits out."
     def __init__(self, config: TextConfig):
         super().__init__()
@@ -122,9 +122,6 @@ class LanguageModel(nn.Module):
     @property
     def layers(self): return self.model.layers
 
-    def make_cache(self, max_kv_size: int | None = None) -> list:
-        "One cache per layer; a sliding window bounds it like `max_kv_size` does (the smaller wins)."
-        return layer_caches([self.config.sliding_window] * len(self.layers), max_kv_size)
-
-    def make_batch_cache(self, left_padding: list[int]) -> list:
-        return batch_layer_caches([self.config.sliding_window] * len(self.layers), left_padding)
+    def windows(self) -> list:
+        "Each layer's attention window: Mistral's sliding window on every layer, or None (global)."
+        return [self.config.sliding_window] * len(self.layers)

@@ -9,9 +9,9 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/models/paligemma.html.md"""
 __all__ = ['DEFAULTS', 'TextConfig', 'ModelConfig', 'prefix_mask', 'Attention', 'MLP', 'DecoderLayer', 'GemmaModel',
            'LanguageModel', 'MultiModalProjector', 'Model', 'fix_mlx_vlm']
 
-# %% ../../nbs/models/paligemma.ipynb #1c7b8880
+# %% ../../nbs/models/paligemma.ipynb #8548e46d
 from ..config import ConfigError, config_value
-from .base import InputEmbeddings, VLMBase, layer_caches, batch_layer_caches, group_attention_mask
+from .base import InputEmbeddings, VLMBase, WindowedCaches, group_attention_mask
 from . import siglip
 from .rope import HFRoPE
 
@@ -249,8 +249,8 @@ class GemmaModel(nn.Module):
             h = layer(h, m, c)
         return self.norm(h)
 
-# %% ../../nbs/models/paligemma.ipynb #5a213f51
-class LanguageModel(nn.Module):
+# %% ../../nbs/models/paligemma.ipynb #37e16443
+class LanguageModel(WindowedCaches, nn.Module):
     "Gemma / Gemma 2 with its LM head: `inputs` (token ids) or `inputs_embeds` (already scaled) in, logits out."
     def __init__(self, config: TextConfig, tie_word_embeddings: bool = True):
         super().__init__()
@@ -272,10 +272,6 @@ class LanguageModel(nn.Module):
     def windows(self) -> list:
         "Each layer's attention window (None: global)."
         return [self.config.sliding_window if layer.sliding else None for layer in self.layers]
-
-    def make_cache(self, max_kv_size: int | None = None) -> list: return layer_caches(self.windows(), max_kv_size)
-
-    def make_batch_cache(self, left_padding: list[int]) -> list: return batch_layer_caches(self.windows(), left_padding)
 
 # %% ../../nbs/models/paligemma.ipynb #e31bbc63
 class MultiModalProjector(nn.Module):

@@ -272,10 +272,6 @@ class Model(VLMBase):
     @property
     def layers(self): return self.language_model.model.layers
 
-    def make_cache(self, max_kv_size: int | None = None) -> list: return self.language_model.make_cache(max_kv_size)
-
-    def make_batch_cache(self, left_padding: list[int]) -> list: return self.language_model.make_batch_cache(left_padding)
-
     def project(self, features, grids):
         "Text-width tokens of the images' patch vectors `(P, D)` (`grids`: patches per image; LLaVA: the projector MLP)."
         return self.multi_modal_projector(features)
