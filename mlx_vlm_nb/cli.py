@@ -1,4 +1,4 @@
-"""`mlx_vlm_nb generate ...` and `mlx_vlm_nb convert ...` with mlx-vlm's flags, plus `tiny` and `doctor`.
+"""`mlx_vlm_nb generate ...` and `mlx_vlm_nb convert ...` with mlx-vlm's flags, `train` (flags or a config file), plus `tiny` and `doctor`.
 
 Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/cli.html.md"""
 
@@ -8,7 +8,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/cli.html.md"""
 __all__ = ['main']
 
 # %% ../nbs/09_cli.ipynb #806f5a7f
-import argparse, sys
+import argparse, json, sys
 
 # %% ../nbs/09_cli.ipynb #a60b9b9e
 def _generate_parser(sub):
@@ -114,6 +114,49 @@ def _run_convert(args):
     print(convert(**kw))
 
 # %% ../nbs/09_cli.ipynb #a6f9f14a
+def _train_parser(sub):
+    p = sub.add_parser("train", help="fine-tune with LoRA, DoRA, QLoRA or fully, from flags or a config file",
+                       argument_default=argparse.SUPPRESS)   # only the flags given reach the settings
+    a = p.add_argument
+    a("--config", help="YAML or JSON file of settings (flags override it)")
+    a("--model", help="Hub repo id or local checkpoint folder (a quantized one gives QLoRA)")
+    a("--data", help="a JSONL file, or a folder with train.jsonl (and valid.jsonl)")
+    a("--valid", help="validation JSONL (default: valid.jsonl beside train.jsonl)")
+    a("--fine-tune-type", choices=["lora", "dora", "full"], help="adapters, or all weights (default lora)")
+    a("--rank", type=int, help="adapter rank (default 8)")
+    a("--alpha", type=float, help="adapter scale numerator: scale = alpha / rank (default 16)")
+    a("--dropout", type=float, help="adapter dropout (default 0)")
+    a("--keys", nargs="+", help="layer names to adapt, e.g. q_proj v_proj (default: all decoder projections)")
+    a("--num-layers", type=int, help="adapt only the last N decoder layers")
+    a("--vision", action="store_true", help="also train the vision tower and projector")
+    a("--steps", "--iters", dest="steps", type=int, help="optimizer steps (default 100)")
+    a("--batch-size", type=int, help="rows per forward pass (default 4)")
+    a("--grad-accumulation-steps", type=int, help="forward passes per step (default 1)")
+    a("--learning-rate", type=float, help="AdamW learning rate (default 1e-4)")
+    a("--lr-schedule", type=json.loads, help='mlx-lm schedule as JSON, e.g. \'{"name": "cosine_decay", "arguments": [1e-4, 100]}\'')
+    a("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    a("--grad-clip", type=float, help="clip the global gradient norm")
+    a("--grad-checkpoint", action="store_true", help="recompute decoder activations in the backward pass")
+    a("--max-seq-length", type=int, help="refuse rows longer than this")
+    a("--eval-every", type=int, help="steps between validations (default: at the end)")
+    a("--save-every", type=int, help="steps between checkpoints (default: at the end)")
+    a("--seed", type=int, help="data order and dropout seed (default 0)")
+    a("--adapter-path", help="where adapters and the checkpoint go (default adapters)")
+    a("--resume", action="store_true", help="continue from the checkpoint in --adapter-path")
+    a("--print-every", type=int, help="steps between progress lines (default 10)")
+    return p
+
+def _run_train(args):
+    from mlx_vlm_nb.train import PrintProgress, read_config, train_from_config
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    config = {**(read_config(flags.pop("config")) if "config" in flags else {}), **flags}
+    config.setdefault("adapter_path", "adapters")
+    every = config.pop("print_every", 10)
+    trainer = train_from_config(config, callbacks=[PrintProgress(every)])
+    print(f"adapters saved to {trainer.args.adapter_path}")
+    return trainer
+
+# %% ../nbs/09_cli.ipynb #d0cc3bd1
 def main(argv=None):
     "Entry point of the `mlx_vlm_nb` console script."
     parser = argparse.ArgumentParser(prog="mlx_vlm_nb", description="Run vision-language models on MLX.")
@@ -121,12 +164,14 @@ def main(argv=None):
     _generate_parser(sub)
     _tiny_parser(sub)
     _convert_parser(sub)
+    _train_parser(sub)
     sub.add_parser("doctor", help="report backend, BLAS, threads and memory")
     args = parser.parse_args(argv)
     try:
         if args.command == "generate": _run_generate(args)
         elif args.command == "tiny": _run_tiny(args)
         elif args.command == "convert": _run_convert(args)
+        elif args.command == "train": _run_train(args)
         elif args.command == "doctor":
             from mlx_vlm_nb.blas import print_doctor
             print_doctor()

@@ -176,8 +176,9 @@ def special_tokens_kwargs(processor, prompts) -> dict:
     return {"add_special_tokens": False} if bos and all(p.startswith(str(bos)) for p in prompts) else {}
 
 # %% ../nbs/03_processors.ipynb #8ab1dce2
-def prepare_inputs(processor, prompts, images=None, resize_shape=None, max_images=None) -> ModelInputs:
-    "Processor outputs as MLX arrays for one prompt or a left-padded batch, after checking image counts."
+def prepare_inputs(processor, prompts, images=None, resize_shape=None, max_images=None, padding_side: str = "left") -> ModelInputs:
+    """Processor outputs as MLX arrays for one prompt or a padded batch (left-padded for generation; training pads
+    on the right), after checking image counts."""
     import mlx.core as mx
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     per_prompt = _group_images(images, len(prompts))
@@ -193,12 +194,14 @@ def prepare_inputs(processor, prompts, images=None, resize_shape=None, max_image
     loaded = [[resize_image(load_image(im), resize_shape) for im in imgs] for imgs in per_prompt]
     flat = [im for imgs in loaded for im in imgs]
     tok = processor.tokenizer
-    side, tok.padding_side = tok.padding_side, "left"
+    side, tok.padding_side = tok.padding_side, padding_side
     try:
         # a batch gets one list of images per prompt: processors that pair images with prompts (Mllama) need it,
         # the others flatten it (checked for Qwen2-VL, Qwen3-VL, LLaVA and Idefics3: identical outputs)
         images_arg = (loaded if len(prompts) > 1 else flat) if flat else None
-        out = processor(text=prompts, images=images_arg, padding=len(prompts) > 1, return_tensors="np",
+        # the side is also passed explicitly: some processors (Aya Vision) set their own and ignore the tokenizer's
+        pad = {"padding": True, "padding_side": padding_side} if len(prompts) > 1 else {"padding": False}
+        out = processor(text=prompts, images=images_arg, return_tensors="np", **pad,
                         **special_tokens_kwargs(processor, prompts))
     finally: tok.padding_side = side
     ip = getattr(processor, "image_processor", None)

@@ -1,17 +1,21 @@
 """Fine-tuning on tiny checkpoints: LoRA overfits 20 rows and answers them greedily, QLoRA trains on a 4-bit base,
-full fine-tuning, interrupted runs resume to the same result, NaN losses stop with the rows named and the last good
-adapters kept, datasets from JSONL folders, and bad rows named before training."""
-import json
+full fine-tuning, interrupted runs resume to the same result (in the same process and in another one, through the
+CLI), padded batches and accumulation compute the rows' own gradients, gradient checkpointing gives the same gradients
+in less memory, NaN losses stop with the rows named and the last good adapters kept, datasets from JSONL folders, and
+bad rows named before training."""
+import json, subprocess, sys
 import numpy as np
 import pytest
 import mlx.core as mx
-from mlx.utils import tree_flatten
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
 from mlx_vlm_nb.factory import cached_checkpoint, sample_image
 from mlx_vlm_nb.generation import generate
 from mlx_vlm_nb.loading import load, load_model
 from mlx_vlm_nb.lora import apply_lora, load_adapters
 from mlx_vlm_nb.prompt import apply_chat_template
-from mlx_vlm_nb.train import DatasetError, Trainer, TrainingArgs, TrainingError, read_rows
+from mlx_vlm_nb.train import (DatasetError, Trainer, TrainingArgs, TrainingError, checkpointed, collate, encode_row,
+                              loss_and_count, read_rows)
 
 WORDS = ["red", "green", "blue", "black", "white", "pink", "gray", "gold", "navy", "teal",
          "lime", "plum", "rose", "sand", "mint", "ruby", "jade", "coal", "snow", "wine"]
@@ -90,9 +94,9 @@ def test_nan_loss_stops_naming_the_rows(qwen, tmp_path):
     apply_lora(model, rank=4)
     trainer = Trainer(model, processor, _rows(4), args=TrainingArgs(steps=8, batch_size=1, learning_rate=1e-3,
                                                                     adapter_path=str(tmp_path/"a")))
-    bad = trainer.batch_for(2)[0]               # the row of the third step
-    trainer.train_set[bad].inputs["pixel_values"] = mx.full(trainer.train_set[bad].inputs["pixel_values"].shape, float("nan"))
-    with pytest.raises(TrainingError, match=rf"step 3: loss is nan on rows \[{bad}\]"):
+    bad = trainer.train_set[trainer.batch_for(2)[0]]       # the batch (one row) of the third step
+    bad.inputs["pixel_values"] = mx.full(bad.inputs["pixel_values"].shape, float("nan"))
+    with pytest.raises(TrainingError, match=rf"step 3: loss is nan on rows \[{bad.rows[0]}\]"):
         trainer.train()
     assert trainer.step == 2
     weights = dict(tree_flatten(model.trainable_parameters()))
@@ -123,3 +127,141 @@ def test_jsonl_folder_and_bad_rows(qwen, tmp_path):
     frozen.freeze()
     with pytest.raises(ValueError, match="no trainable parameters"):
         Trainer(frozen, processor, _rows(1))
+
+def _weights(model): return dict(tree_flatten(model.trainable_parameters()))
+
+def _same(w1, w2): return set(w1) == set(w2) and all(mx.array_equal(w1[k], w2[k]).item() for k in w1)
+
+def _close(w1, w2, tol=1e-5):
+    return set(w1) == set(w2) and all((mx.abs(w1[k] - w2[k]).max() <= tol * (mx.abs(w2[k]).max() + 1e-8)).item() for k in w1)
+
+def test_padded_batch_and_accumulation_give_the_rows_gradients(qwen):
+    "One padded forward of rows of different lengths (one without image) = the rows run alone, gradients included."
+    model, processor = qwen
+    mx.random.seed(0)
+    apply_lora(model, rank=4)
+    model.update(tree_map(lambda p: p + 0.02 * mx.random.normal(p.shape), model.trainable_parameters()))
+    rows = _rows(1) + _rows(1, image_size=(112, 112)) + [{"messages": [{"role": "user", "content": "Say something longer than that, please, in many more words."},
+                                                          {"role": "assistant", "content": "Something a little longer."}]}]
+    examples = [encode_row(model, processor, r, i) for i, r in enumerate(rows)]
+    assert len({e.length for e in examples}) == 3
+    grad = nn.value_and_grad(model, loss_and_count)
+    (loss, n), g = grad(model, collate(processor, examples))
+    singles = [grad(model, collate(processor, [e])) for e in examples]
+    assert n.item() == sum(e.n_tokens for e in examples)
+    assert abs(loss.item() - sum(s[0][0].item() for s in singles)) < 1e-5 * loss.item()
+    summed = dict(tree_flatten(singles[0][1]))
+    for s in singles[1:]: summed = {k: v + dict(tree_flatten(s[1]))[k] for k, v in summed.items()}
+    assert _close(dict(tree_flatten(g)), summed, 1e-4)
+    # a step's gradients: one batch of 3 = 3 accumulated batches of 1
+    def step_gradients(**kw):
+        t = Trainer(model, processor, rows, args=TrainingArgs(steps=1, **kw))
+        total, count, g = t.gradients(t.batch_for(0))
+        return total.item() / count, {k: v / count for k, v in tree_flatten(g)}
+    (l1, g1), (l2, g2) = step_gradients(batch_size=3), step_gradients(batch_size=1, grad_accumulation_steps=3)
+    assert abs(l1 - l2) < 1e-5 * l1 and _close(g1, g2, 1e-4)
+
+@pytest.mark.parametrize("family", ["idefics3", "mllama", "gemma3", "aya_vision"])
+def test_padded_batches_in_families_with_their_own_image_stacking(family):
+    "Tiles (Idefics3), cross-attention masks (Mllama), bidirectional image groups (Gemma 3), Aya's processor padding."
+    model, processor = load(str(cached_checkpoint(family, "hub")))
+    apply_lora(model, rank=4)
+    examples = [encode_row(model, processor, r, i) for i, r in enumerate(_rows(1) + _rows(1, image_size=(112, 56)))]
+    examples[1].row = 1
+    batched = loss_and_count(model, collate(processor, examples))[0].item()
+    single = sum(loss_and_count(model, collate(processor, [e]))[0].item() for e in examples)
+    assert abs(batched - single) < 1e-5 * abs(single)
+
+def test_gradient_checkpointing_same_gradients_less_memory():
+    "Decoder activations recomputed in the backward pass: the same gradients, a lower peak, and the class restored."
+    shape = {"num_hidden_layers": 8, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "rope_scaling.mrope_section": [8, 12, 12]}
+    model, processor = load(str(cached_checkpoint("qwen2_vl", "hub", **shape)))
+    mx.random.seed(0)
+    apply_lora(model, rank=4)
+    row = _rows(1, image_size=(224, 224))[0]
+    batch = collate(processor, [encode_row(model, processor, row)] * 4)
+    grad = nn.value_and_grad(model, loss_and_count)
+    def run():
+        mx.eval(model.parameters())
+        mx.clear_cache(); mx.reset_peak_memory()
+        (loss, _), g = grad(model, batch)
+        mx.eval(loss, g)
+        return loss.item(), dict(tree_flatten(g)), mx.get_peak_memory()
+    layer_call = type(model.layers[0]).__call__
+    plain = run()
+    with checkpointed(model.layers):
+        assert type(model.layers[0]).__call__ is not layer_call
+        saved = run()
+    assert type(model.layers[0]).__call__ is layer_call
+    assert abs(plain[0] - saved[0]) < 1e-6 * plain[0] and _close(plain[1], saved[1], 1e-5)
+    assert saved[2] < 0.8 * plain[2], (saved[2], plain[2])
+    history = Trainer(model, processor, [row], args=TrainingArgs(steps=2, batch_size=1, grad_checkpoint=True)).train()
+    assert len(history) == 2 and type(model.layers[0]).__call__ is layer_call
+
+def test_checkpoint_resume_in_a_fresh_trainer(qwen, tmp_path):
+    "A checkpoint at step 3, loaded into a new model and trainer, continues to the uninterrupted run's result."
+    _, processor = qwen
+    def trainer(steps, **kw):
+        m = load_model(cached_checkpoint("qwen2_vl", "hub"))
+        mx.random.seed(0)
+        apply_lora(m, rank=4, dropout=0.1)            # dropout: its masks must be reproduced too
+        return m, Trainer(m, processor, _rows(5), args=TrainingArgs(
+            steps=steps, batch_size=2, learning_rate=1e-3, lr_schedule={"name": "cosine_decay", "arguments": [1e-3, 6], "warmup": 2},
+            adapter_path=str(tmp_path/"run"), **kw))
+    m1, t1 = trainer(6, seed=1)
+    full = [h["loss"] for h in t1.train()]
+    w_full = _weights(m1)
+    _, t2 = trainer(3, seed=1)
+    t2.train()                                        # writes run/ and run/checkpoint at step 3
+    m3, t3 = trainer(6, seed=1)
+    t3.resume(tmp_path/"run")
+    assert t3.step == 3
+    resumed = [h["loss"] for h in t3.train()]
+    assert resumed == full and _same(_weights(m3), w_full)
+    with pytest.raises(ValueError, match="seed=1 \\(now 2\\)"):
+        trainer(6, seed=2)[1].resume(tmp_path/"run")
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        trainer(6, seed=1)[1].resume(tmp_path/"nowhere")
+
+def _cli(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "mlx_vlm_nb", "train", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+def test_cli_train_with_a_config_file_resumes_across_processes(tmp_path):
+    "`mlx_vlm_nb train --config`: 4 steps in one process = 2 steps, then `--resume` to 4 in another process."
+    (tmp_path/"data"/"img").mkdir(parents=True)
+    rows = _rows(4)
+    for k, r in enumerate(rows):
+        r["images"][0].save(tmp_path/"data"/"img"/f"{k}.png")
+        r["images"] = [f"img/{k}.png"]
+    for split, rs in (("train", rows), ("valid", rows[:2])):
+        (tmp_path/"data"/f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rs))
+    (tmp_path/"cfg.yaml").write_text(f"model: {cached_checkpoint('qwen2_vl', 'hub')}\ndata: data\n"
+                                     "lora_parameters: {rank: 4, scale: 2.0}\niters: 4\nbatch_size: 2\nlearning_rate: 1.0e-3\n")
+    out = _cli("--config", "cfg.yaml", "--adapter-path", "whole", "--print-every", "1", cwd=tmp_path)
+    assert "step 4/4" in out and "val_loss" in out
+    _cli("--config", "cfg.yaml", "--adapter-path", "split", "--steps", "2", cwd=tmp_path)
+    out = _cli("--config", "cfg.yaml", "--adapter-path", "split", "--resume", "--print-every", "1", cwd=tmp_path)
+    assert "step 3/4" in out and "step 1/4" not in out
+    whole, split = (mx.load(str(tmp_path/d/"adapters.safetensors")) for d in ("whole", "split"))
+    assert _same(whole, split)
+    state = lambda d: json.loads((tmp_path/d/"checkpoint"/"trainer_state.json").read_text())["history"]
+    assert [h["loss"] for h in state("whole")] == [h["loss"] for h in state("split")]
+    assert json.loads((tmp_path/"whole"/"adapter_config.json").read_text())["lora_parameters"]["rank"] == 4
+    r = subprocess.run([sys.executable, "-m", "mlx_vlm_nb", "train", "--config", "cfg.yaml", "--adapter-path", "none",
+                        "--resume"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and "no training checkpoint" in r.stderr
+
+def test_bad_settings_and_unsupported_models_are_named(qwen):
+    model, processor = qwen
+    apply_lora(model, rank=4)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TrainingArgs(batch_size=0)
+    with pytest.raises(DatasetError, match=r"longer than max_seq_length=10: row 0 \(\d+ tokens\)"):
+        Trainer(model, processor, _rows(1), args=TrainingArgs(max_seq_length=10))
+    pg, pg_processor = load(str(cached_checkpoint("paligemma", "hub")))
+    apply_lora(pg, rank=4)
+    with pytest.raises(NotImplementedError, match="paligemma has no chat template"):
+        Trainer(pg, pg_processor, _rows(1))
