@@ -110,7 +110,7 @@ def load(path_or_hf_repo: str, adapter_path: str|None = None, revision: str|None
     model_path = get_model_path(path_or_hf_repo, revision=revision, trust_remote_code=trust_remote_code,
                                 force_download=kwargs.pop("force_download", False))
     model = load_model(model_path, lazy=lazy, dtype=dtype)
-    if adapter_path is not None:   # LoRA / DoRA / full fine-tune weights, mlx-vlm's format (see mlx_vlm_nb.lora)
+    if adapter_path is not None:   # LoRA, DoRA or full fine-tune, mlx-vlm's or PEFT's format (mlx_vlm_nb.lora)
         from mlx_vlm_nb.lora import load_adapters
         load_adapters(model, adapter_path)
     from mlx_vlm_nb.processors import load_processor
