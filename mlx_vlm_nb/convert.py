@@ -10,7 +10,7 @@ __all__ = ['DTYPES', 'Q_MODES', 'quant_recipes', 'quant_settings', 'quant_predic
            'write_model_card', 'convert', 'quantized_layers', 'save_model']
 
 # %% ../nbs/15_convert.ipynb #05802701
-import json, shutil
+import json, shutil, sys
 from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
@@ -208,3 +208,9 @@ def save_model(model: nn.Module, path, config: dict|None = None, source=None, ca
     (path/"config.json").write_text(json.dumps(config, indent=2))
     if card: write_model_card(path, *card)
     return path
+
+# %% ../nbs/15_convert.ipynb #c7ac71c6
+class _CallableModule(type(sys)):
+    def __call__(self, *args, **kwargs): return convert(*args, **kwargs)
+
+if __name__ == "mlx_vlm_nb.convert": sys.modules[__name__].__class__ = _CallableModule   # the package module only
