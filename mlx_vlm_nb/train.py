@@ -6,9 +6,9 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/train.html.md"""
 
 # %% auto #0
 __all__ = ['CHECKPOINT_DIR', 'OPTIMIZER_FILE', 'STATE_FILE', 'ADAPTER_SETTINGS', 'RUN_SETTINGS', 'DatasetError', 'read_rows',
-           'check_row', 'check_rows', 'Example', 'encode_row', 'Batch', 'collate', 'length_batches', 'loss_and_count',
-           'checkpointed', 'TrainingArgs', 'TrainingError', 'Trainer', 'write_checkpoint', 'read_checkpoint',
-           'read_config', 'normalize_config', 'prepare_model', 'train_from_config', 'PrintProgress']
+           'check_row', 'check_rows', 'Example', 'encode_row', 'Batch', 'collate', 'length_batches', 'logits_at',
+           'loss_and_count', 'checkpointed', 'TrainingArgs', 'TrainingError', 'Trainer', 'write_checkpoint',
+           'read_checkpoint', 'read_config', 'normalize_config', 'prepare_model', 'train_from_config', 'PrintProgress']
 
 # %% ../nbs/17_train.ipynb #4e961fb4
 import json, math, shutil, time
@@ -114,19 +114,27 @@ def encode_row(model, processor, row: dict, i: int = 0) -> Example:
 # %% ../nbs/17_train.ipynb #7759fdcc
 @dataclass
 class Batch:
-    "Rows padded on the right into one forward pass: the model inputs, the `(B, L)` loss mask and the rows' indices."
+    """Rows padded on the right into one forward pass: the model inputs, the `(B, L)` loss mask, the rows' indices,
+    and the loss targets: the flat positions `b * L + t` whose logits predict a loss token, and those tokens."""
     inputs: dict
     loss_mask: mx.array
     rows: list
+    positions: mx.array
+    targets: mx.array
 
     @property
-    def n_tokens(self) -> int: return int(self.loss_mask.sum().item())
+    def n_tokens(self) -> int: return self.targets.size
+
+def _batch(inputs: dict, mask: np.ndarray, rows: list) -> Batch:
+    ids = np.array(inputs["input_ids"])
+    b, t = np.nonzero(mask[:, 1:])     # the logits at t predict the token at t + 1
+    return Batch(inputs, mx.array(mask), rows, mx.array(b * ids.shape[1] + t), mx.array(ids[b, t + 1]))
 
 def collate(processor, examples: list) -> Batch:
     "One right-padded `Batch` of encoded `examples`."
     if len(examples) == 1:
         ex = examples[0]
-        return Batch(ex.inputs, ex.loss_mask[None], [ex.row])
+        return _batch(ex.inputs, np.array(ex.loss_mask)[None], [ex.row])
     inputs = prepare_inputs(processor, [e.text for e in examples], [e.images or None for e in examples], padding_side="right")
     ids = np.array(inputs["input_ids"])
     mask = np.zeros(ids.shape, dtype=np.float32)
@@ -136,7 +144,7 @@ def collate(processor, examples: list) -> Batch:
             raise DatasetError(f"row {ex.row}: tokenizes differently inside a batch than alone; train with batch_size=1")
         mask[b, :len(own)] = np.array(ex.loss_mask)
     # right padding needs no attention mask (above), and some families take only left-padded ones
-    return Batch({k: v for k, v in inputs.items() if k != "attention_mask"}, mx.array(mask), [e.row for e in examples])
+    return _batch({k: v for k, v in inputs.items() if k != "attention_mask"}, mask, [e.row for e in examples])
 
 def length_batches(lengths: list, batch_size: int) -> list:
     "Indices grouped into batches of `batch_size` rows of similar length (the last one may be smaller)."
@@ -144,13 +152,28 @@ def length_batches(lengths: list, batch_size: int) -> list:
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 # %% ../nbs/17_train.ipynb #32f4008c
+@contextmanager
+def logits_at(model, positions: mx.array):
+    "Within the block, `model(...)` computes logits `(1, N, vocab)` at the flat positions `positions` of its `(B * L)` hidden states."
+    lm = model.language_model
+    if "lm_head" in lm: owner, name = lm, "lm_head"
+    else:
+        owner = next((m for n, m in lm.named_modules() if n.split(".")[-1] == "embed_tokens"), None)
+        name = "as_linear"
+    if owner is None: yield; return
+    head = getattr(owner, name)
+    object.__setattr__(owner, name, lambda h: head(h.reshape(-1, h.shape[-1])[positions][None]))
+    try: yield
+    finally: object.__delattr__(owner, name)   # the instance attribute only: the module's own head is back
+
 def loss_and_count(model, batch: Batch):
-    "Summed cross-entropy over the masked next tokens of a batch, and their count."
-    logits = model(**batch.inputs).astype(mx.float32)
-    targets = batch.inputs["input_ids"][:, 1:]
-    mask = batch.loss_mask[:, 1:]
-    ce = nn.losses.cross_entropy(logits[:, :-1], targets, reduction="none")
-    return (ce * mask).sum(), mask.sum()
+    "Summed cross-entropy over the loss tokens of a batch, and their count."
+    with logits_at(model, batch.positions):
+        logits = model(**batch.inputs)
+    if logits.shape[1] != batch.n_tokens:   # full logits (a head logits_at does not know)
+        logits = logits.reshape(-1, logits.shape[-1])[batch.positions][None]
+    ce = nn.losses.cross_entropy(logits[0].astype(mx.float32), batch.targets, reduction="sum")
+    return ce, mx.array(batch.n_tokens)
 
 # %% ../nbs/17_train.ipynb #da530c8b
 @contextmanager
