@@ -25,7 +25,8 @@ class Family:
     description: str = ""
     min_images: int = 0             # images a prompt needs (PaliGemma's processor refuses a prompt without one)
     plain_prompt: bool = False      # no chat template: a prompt is the image placeholders, then the text (PaliGemma)
-    reference_logit_scale: str | None = None  # config path of a logit factor the reference class omits (Aya Vision)
+    # (config path of a logit factor, first transformers version whose reference class applies it): older ones omit it
+    reference_logit_scale: tuple | None = None
 
     def load_module(self):
         "Import the model module."
@@ -67,7 +68,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
            description="Gemma 3: SigLIP features average-pooled to 256 soft tokens per image, a Gemma 3 decoder with "
                        "interleaved sliding-window and global layers; each image attends to itself both ways"),
     Family("aya_vision", "aya_vision", "AyaVisionProcessor", "GotOcr2ImageProcessorPil", "AyaVisionForConditionalGeneration",
-           reference_logit_scale="text_config.logit_scale",  # transformers >= 4.52 drops Cohere 2's logit_scale
+           reference_logit_scale=("text_config.logit_scale", "5.25.0"),  # transformers 4.52 to 5.24 drop Cohere 2's logit_scale
            description="Aya Vision: SigLIP on image tiles, pixel-shuffle SwiGLU projector, Cohere 2 decoder with "
                        "sliding-window layers"),
 ]}
