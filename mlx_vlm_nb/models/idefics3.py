@@ -10,7 +10,7 @@ __all__ = ['VISION_DEFAULTS', 'ModelConfig', 'SimpleMLP', 'Connector', 'Language
 
 # %% ../../nbs/models/idefics3.ipynb #9c58534b
 from ..config import ConfigError, config_value
-from .base import InputEmbeddings, VLMBase, pixel_shuffle
+from .base import InputEmbeddings, VLMBase, WindowedCaches, pixel_shuffle
 from . import llama, siglip
 from .rope import use_hf_rope
 
@@ -83,7 +83,7 @@ class Connector(nn.Module):
     def __call__(self, x): return self.modality_projection(pixel_shuffle(x, self.scale_factor))
 
 # %% ../../nbs/models/idefics3.ipynb #694bcefa
-class LanguageModel(llama.LlamaModel):
+class LanguageModel(WindowedCaches, llama.LlamaModel):
     "A Llama decoder with mlx-vlm's Idefics3 names: `inputs` (token ids) or `inputs_embeds` in, logits out."
     def __init__(self, config: llama.TextConfig):
         super().__init__(config)
@@ -96,8 +96,7 @@ class LanguageModel(llama.LlamaModel):
         h = super().__call__(inputs, inputs_embeds, cache, mask)
         return self.embed_tokens.as_linear(h) if self.config.tie_word_embeddings else self.lm_head(h)
 
-    make_cache = llama.LanguageModel.make_cache
-    make_batch_cache = llama.LanguageModel.make_batch_cache
+    windows = llama.LanguageModel.windows
 
 # %% ../../nbs/models/idefics3.ipynb #06791298
 def _patch_mask(pixel_mask: np.ndarray, patch: int) -> np.ndarray:
