@@ -311,6 +311,7 @@ def batch_generate(model, processor, images=None, prompts=None, max_tokens=128, 
     eos = eos_token_ids(model, tokenizer, kwargs.pop("eos_tokens", None))
     resize_shape = kwargs.pop("resize_shape", None)
     prefill_step_size = kwargs.pop("prefill_step_size", 2048)
+    skip_special = kwargs.pop("skip_special_tokens", False)   # as in generate, so batch texts equal single ones
     if kwargs: raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
     loaded = [[load_image(im) for im in imgs] if imgs else None for imgs in per_prompt]
     sizes = [(imgs[0].height, imgs[0].width) if imgs else (0, 0) for imgs in loaded]
@@ -345,7 +346,7 @@ def batch_generate(model, processor, images=None, prompts=None, max_tokens=128, 
         y = sample(logits)
         mx.eval(y)
     gen_time = time.perf_counter() - tic
-    texts = [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+    texts = [tokenizer.decode(o, skip_special_tokens=skip_special) for o in out]
     n_prompt, n_gen = int(mask.sum().item()), sum(map(len, out))
     stats = BatchStats(prompt_tokens=n_prompt, prompt_tps=n_prompt / prompt_time, prompt_time=prompt_time,
                        generation_tokens=n_gen, generation_tps=n_gen / max(gen_time, 1e-9), generation_time=gen_time,
