@@ -6,9 +6,10 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/train.html.md"""
 
 # %% auto #0
 __all__ = ['CHECKPOINT_DIR', 'OPTIMIZER_FILE', 'STATE_FILE', 'ADAPTER_SETTINGS', 'RUN_SETTINGS', 'DatasetError', 'read_rows',
-           'check_row', 'check_rows', 'Example', 'encode_row', 'Batch', 'collate', 'length_batches', 'logits_at',
-           'loss_and_count', 'checkpointed', 'TrainingArgs', 'TrainingError', 'Trainer', 'write_checkpoint',
-           'read_checkpoint', 'read_config', 'normalize_config', 'prepare_model', 'train_from_config', 'PrintProgress']
+           'check_row', 'check_rows', 'Example', 'encode_row', 'Batch', 'collate', 'length_batches', 'random_batches',
+           'logits_at', 'loss_and_count', 'checkpointed', 'TrainingArgs', 'TrainingError', 'Trainer',
+           'write_checkpoint', 'read_checkpoint', 'read_config', 'normalize_config', 'prepare_model',
+           'train_from_config', 'PrintProgress']
 
 # %% ../nbs/17_train.ipynb #4e961fb4
 import json, math, shutil, time
@@ -151,6 +152,11 @@ def length_batches(lengths: list, batch_size: int) -> list:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
+def random_batches(n: int, batch_size: int, seed: int = 0) -> list:
+    "Indices `0..n-1` in a random order fixed by `seed`, cut into batches of `batch_size` (the last one may be smaller)."
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return [order[k:k + batch_size] for k in range(0, n, batch_size)]
+
 # %% ../nbs/17_train.ipynb #32f4008c
 @contextmanager
 def logits_at(model, positions: mx.array):
@@ -202,6 +208,7 @@ class TrainingArgs:
     grad_clip: float|None = None      # max global gradient norm (None: no clipping, as in mlx-lm)
     grad_checkpoint: bool = False     # recompute decoder activations in the backward pass (less memory)
     max_seq_length: int|None = None   # rows longer than this are refused before training (None: no limit)
+    group_by_length: bool = True      # batches of rows of similar length (less padding); False: random batches
     eval_every: int = 0               # steps between validation passes (0: only at the end, if there is a valid set)
     save_every: int = 0               # steps between checkpoints in adapter_path (0: only at the end)
     seed: int = 0                     # data order and dropout
@@ -248,7 +255,8 @@ class Trainer:
             raise DatasetError(f"{len(long)} row(s) longer than max_seq_length={limit}: "
                                + ", ".join(f"row {e.row} ({e.length} tokens)" for e in long[:10]))
         return [collate(self.processor, [examples[i] for i in b])
-                for b in length_batches([e.length for e in examples], self.args.batch_size)]
+                for b in (length_batches([e.length for e in examples], self.args.batch_size) if self.args.group_by_length
+                          else random_batches(len(examples), self.args.batch_size, self.args.seed))]
 
     def batch_for(self, step: int) -> list[int]:
         """Batch indices of step `step` (0-based): the batches in a new order each epoch, fixed by the seed, so a run
@@ -348,7 +356,7 @@ class Trainer:
 
 # %% ../nbs/17_train.ipynb #5d403979
 CHECKPOINT_DIR, OPTIMIZER_FILE, STATE_FILE = "checkpoint", "optimizer.safetensors", "trainer_state.json"
-_ORDER_KEYS = ("batch_size", "grad_accumulation_steps", "seed")
+_ORDER_KEYS = ("batch_size", "grad_accumulation_steps", "seed", "group_by_length")
 
 def _data_fingerprint(batches) -> list:
     "Rows and loss tokens of each batch: equal for the same data, encoded the same way."
@@ -376,7 +384,8 @@ def read_checkpoint(self: Trainer, path=None) -> Trainer:
     if (path/CHECKPOINT_DIR/STATE_FILE).exists(): path = path/CHECKPOINT_DIR
     if not (path/STATE_FILE).exists(): raise FileNotFoundError(f"no training checkpoint ({STATE_FILE}) in {path}")
     state = json.loads((path/STATE_FILE).read_text())
-    changed = [f"{k}={state['args'][k]} (now {getattr(self.args, k)})" for k in _ORDER_KEYS if state["args"][k] != getattr(self.args, k)]
+    saved = {k: state["args"].get(k, getattr(TrainingArgs, k)) for k in _ORDER_KEYS}   # a key added later: its default
+    changed = [f"{k}={saved[k]} (now {getattr(self.args, k)})" for k in _ORDER_KEYS if saved[k] != getattr(self.args, k)]
     if changed: raise ValueError(f"{path} was trained with {', '.join(changed)}: resuming would not reproduce the run")
     if state["data"] != _data_fingerprint(self.train_set):
         raise ValueError(f"{path} was trained on other data (rows or tokens differ): resuming would not reproduce the run")

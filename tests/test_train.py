@@ -224,6 +224,32 @@ def test_checkpoint_resume_in_a_fresh_trainer(qwen, tmp_path):
         trainer(6, seed=2)[1].resume(tmp_path/"run")
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         trainer(6, seed=1)[1].resume(tmp_path/"nowhere")
+    with pytest.raises(ValueError, match="group_by_length=True \\(now False\\)"):
+        trainer(6, seed=1, group_by_length=False)[1].resume(tmp_path/"run")
+
+def test_random_batches_mix_lengths_and_resume(qwen, tmp_path):
+    "group_by_length=False: batches drawn at random (fixed by the seed), not sorted by length; a resumed run matches."
+    model, processor = qwen
+    rows = _rows(8)
+    for k in range(0, 8, 2):   # every other row longer
+        rows[k]["messages"][1]["content"] = " ".join(WORDS[k:k + 6])
+    def trainer(steps, group):
+        m = load_model(cached_checkpoint("qwen2_vl", "hub"))
+        mx.random.seed(0)
+        apply_lora(m, rank=4)
+        return m, Trainer(m, processor, rows, args=TrainingArgs(steps=steps, batch_size=4, learning_rate=1e-3, seed=3,
+                                                               group_by_length=group, adapter_path=str(tmp_path/"run")))
+    sorted_rows = [sorted(b.rows) for b in trainer(1, True)[1].train_set]
+    assert sorted_rows == [[1, 3, 5, 7], [0, 2, 4, 6]]          # by length: the short rows, then the long ones
+    m1, t1 = trainer(4, False)
+    assert sorted(r for b in t1.train_set for r in b.rows) == list(range(8))
+    assert sorted(sorted(b.rows) for b in t1.train_set) != sorted(sorted_rows)   # seed 3 mixes short and long rows
+    full = [h["loss"] for h in t1.train()]
+    _, t2 = trainer(2, False)
+    t2.train()
+    m3, t3 = trainer(4, False)
+    t3.resume(tmp_path/"run")
+    assert [h["loss"] for h in t3.train()] == full and _same(_weights(m3), _weights(m1))
 
 def _cli(*args, cwd):
     r = subprocess.run([sys.executable, "-m", "mlx_vlm_nb", "train", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
