@@ -135,6 +135,7 @@ def _train_parser(sub):
     a("--learning-rate", type=float, help="AdamW learning rate (default 1e-4)")
     a("--lr-schedule", type=json.loads, help='mlx-lm schedule as JSON, e.g. \'{"name": "cosine_decay", "arguments": [1e-4, 100]}\'')
     a("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    a("--betas", type=float, nargs=2, help="AdamW moment decays (default 0.9 0.999)")
     a("--grad-clip", type=float, help="clip the global gradient norm")
     a("--grad-checkpoint", action="store_true", help="recompute decoder activations in the backward pass")
     a("--max-seq-length", type=int, help="refuse rows longer than this")

@@ -205,6 +205,7 @@ class TrainingArgs:
     learning_rate: float = 1e-4
     lr_schedule: dict|None = None     # mlx-lm's schedule config; overrides learning_rate
     weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)        # AdamW's moment decays; (0.9, 0.95) adapts faster, for training from scratch
     grad_clip: float|None = None      # max global gradient norm (None: no clipping, as in mlx-lm)
     grad_checkpoint: bool = False     # recompute decoder activations in the backward pass (less memory)
     max_seq_length: int|None = None   # rows longer than this are refused before training (None: no limit)
@@ -242,7 +243,7 @@ class Trainer:
             from mlx_vlm_nb.lora import _set_adapter_config
             _set_adapter_config(model, {"fine_tune_type": "full"})
         lr = build_schedule(self.args.lr_schedule) if self.args.lr_schedule else self.args.learning_rate
-        self.optimizer = optim.AdamW(learning_rate=lr, weight_decay=self.args.weight_decay)
+        self.optimizer = optim.AdamW(learning_rate=lr, betas=list(self.args.betas), weight_decay=self.args.weight_decay)
         self.step, self.history, self.stop_requested, self.error = 0, [], False, None
         self._grad = nn.value_and_grad(model, loss_and_count)
 

@@ -292,3 +292,10 @@ def test_bad_settings_and_unsupported_models_are_named(qwen):
     apply_lora(pg, rank=4)
     with pytest.raises(NotImplementedError, match="paligemma has no chat template"):
         Trainer(pg, pg_processor, _rows(1))
+
+def test_adamw_betas_reach_the_optimizer(qwen):
+    model, processor = qwen
+    apply_lora(model, rank=4)
+    t = Trainer(model, processor, _rows(2), args=TrainingArgs(steps=1, betas=(0.9, 0.95)))
+    assert [float(b) for b in t.optimizer.betas] == [0.9, 0.95]
+    assert [float(b) for b in Trainer(model, processor, _rows(2)).optimizer.betas] == [0.9, 0.999]
