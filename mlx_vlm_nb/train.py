@@ -12,7 +12,7 @@ __all__ = ['CHECKPOINT_DIR', 'OPTIMIZER_FILE', 'STATE_FILE', 'ADAPTER_SETTINGS',
            'train_from_config', 'PrintProgress']
 
 # %% ../nbs/17_train.ipynb #4e961fb4
-import json, math, shutil, time
+import functools, json, math, shutil, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -97,7 +97,8 @@ def encode_row(model, processor, row: dict, i: int = 0) -> Example:
     def encode(upto, gen):
         text, imgs = render(upto, gen)
         return prepare_inputs(processor, text, imgs or None)
-    ids = lambda upto, gen: np.array(encode(upto, gen)["input_ids"][0])
+    @functools.cache        # each prefix is encoded once: a turn's end is the next turn's start
+    def ids(upto, gen): return np.array(encode(upto, gen)["input_ids"][0])
     text, _ = render(len(msgs), False)
     inputs = encode(len(msgs), False)
     full = np.array(inputs["input_ids"][0])
