@@ -7,7 +7,7 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/shapes.html.md"""
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'NUMBERS', 'IMAGE_SIZE', 'CELL', 'QUESTION_TYPES', 'PHRASINGS', 'SPLIT_SEEDS', 'MODEL_SIZES',
            'Shape', 'Scene', 'random_scene', 'draw_scene', 'caption', 'questions', 'scenes', 'chat_row',
-           'training_rows', 'eval_items', 'tokenizer_corpus', 'train_tokenizer', 'model_config',
+           'row_questions', 'training_rows', 'eval_items', 'tokenizer_corpus', 'train_tokenizer', 'model_config',
            'write_checkpoint_files', 'init_weights', 'new_model', 'save_weights', 'token_labels', 'pretrain_vision',
            'train_shapes', 'evaluate']
 
@@ -126,14 +126,26 @@ def chat_row(image, qas: list) -> dict:
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
     return {"messages": messages, "images": [image]}
 
+def row_questions(scene: Scene, rng: np.random.Generator) -> list:
+    """The `(question, answer)` turns of a scene's question row, in random phrasings and order: for each shape its colour
+    or (at random) its shape question, never both; the count; and one position question if there are two shapes or more."""
+    ask = lambda kind, **kw: PHRASINGS[kind][int(rng.integers(len(PHRASINGS[kind])))].format(**kw)
+    objs = scene.objects
+    qa = [(ask("colour", shape=o.shape), o.colour) if rng.random() < 0.5 else (ask("shape", colour=o.colour), o.shape)
+          for o in objs]
+    qa.append((ask("count"), NUMBERS[len(objs)]))
+    if len(objs) > 1:
+        a, b = (objs[i] for i in rng.choice(len(objs), 2, replace=False))
+        qa.append((ask("position", a=a.shape, b=b.shape), "left" if a.x < b.x else "right"))
+    return [qa[i] for i in rng.permutation(len(qa))]
+
 def training_rows(split: str, n: int, seed: int = 0) -> list[dict]:
-    """`2n` training rows from the first `n` scenes of the split: for each, its questions but the caption (in random
-    order and phrasings), and its caption alone."""
+    "`2n` training rows from the first `n` scenes of the split: for each, its `row_questions`, and its caption alone."
     rng, rows = np.random.default_rng(seed + 100 * SPLIT_SEEDS[split]), []
     for s in scenes(split, n):
-        qa, image = questions(s, rng, paraphrase=True), draw_scene(s)
-        rows.append(chat_row(image, [qa[str(t)] for t in rng.permutation([t for t in qa if t != "caption"])]))
-        rows.append(chat_row(image, [qa["caption"]]))
+        image = draw_scene(s)
+        rows.append(chat_row(image, row_questions(s, rng)))
+        rows.append(chat_row(image, [(PHRASINGS["caption"][int(rng.integers(len(PHRASINGS["caption"])))], caption(s))]))
     return rows
 
 def eval_items(n: int = 100, seed: int = 0, split: str = "test", paraphrase: bool = False) -> list[dict]:
@@ -196,7 +208,7 @@ def model_config(tok) -> dict:
         assert last in d, path
         d[last] = v
     ids = lambda t: tok.convert_tokens_to_ids(t)
-    cfg.update(vocab_size=len(tok), tie_word_embeddings=False, torch_dtype="float32", max_position_embeddings=2048,
+    cfg.update(vocab_size=len(tok), tie_word_embeddings=False, torch_dtype="float32", max_position_embeddings=2048, rope_theta=10.0,
                sliding_window=2048, max_window_layers=cfg["num_hidden_layers"], bos_token_id=ids("<|endoftext|>"),
                eos_token_id=ids("<|im_end|>"), vision_start_token_id=ids("<|vision_start|>"),
                vision_end_token_id=ids("<|vision_end|>"), vision_token_id=ids("<|vision_pad|>"),
