@@ -93,20 +93,27 @@ def caption(scene: Scene) -> str:
     items = [f"{'an' if o.colour[0] in 'aeiou' else 'a'} {o.colour} {o.shape}" for o in sorted(scene.objects, key=lambda o: o.x)]
     return (items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]) + "."
 
+def _ask(rng: np.random.Generator, kind: str, paraphrase: bool = True, **fields) -> str:
+    "A question of `kind`: its canonical phrasing, or with `paraphrase` a random one of `PHRASINGS`."
+    phrasings = PHRASINGS[kind]
+    return (phrasings[int(rng.integers(len(phrasings)))] if paraphrase else phrasings[0]).format(**fields)
+
+def _position_qa(objs, rng: np.random.Generator, paraphrase: bool = True) -> tuple:
+    "Whether one random shape of `objs` is left or right of another."
+    a, b = (objs[i] for i in rng.choice(len(objs), 2, replace=False))
+    return _ask(rng, "position", paraphrase, a=a.shape, b=b.shape), "left" if a.x < b.x else "right"
+
 def questions(scene: Scene, rng: np.random.Generator, paraphrase: bool = False) -> dict:
     """`{question type: (question, answer)}` for the scene (no `position` question when it has a single shape), in
     the canonical phrasing or, with `paraphrase`, a random one of `PHRASINGS`."""
     objs, qa = scene.objects, {}
-    ask = lambda kind, **kw: (PHRASINGS[kind][int(rng.integers(len(PHRASINGS[kind])))] if paraphrase else PHRASINGS[kind][0]).format(**kw)
     o = objs[rng.integers(len(objs))]
-    qa["colour"] = (ask("colour", shape=o.shape), o.colour)
+    qa["colour"] = (_ask(rng, "colour", paraphrase, shape=o.shape), o.colour)
     o = objs[rng.integers(len(objs))]
-    qa["shape"] = (ask("shape", colour=o.colour), o.shape)
-    qa["count"] = (ask("count"), NUMBERS[len(objs)])
-    if len(objs) > 1:
-        a, b = (objs[i] for i in rng.choice(len(objs), 2, replace=False))
-        qa["position"] = (ask("position", a=a.shape, b=b.shape), "left" if a.x < b.x else "right")
-    qa["caption"] = (ask("caption"), caption(scene))
+    qa["shape"] = (_ask(rng, "shape", paraphrase, colour=o.colour), o.shape)
+    qa["count"] = (_ask(rng, "count", paraphrase), NUMBERS[len(objs)])
+    if len(objs) > 1: qa["position"] = _position_qa(objs, rng, paraphrase)
+    qa["caption"] = (_ask(rng, "caption", paraphrase), caption(scene))
     return qa
 
 # %% ../nbs/19_shapes.ipynb #ade37fdc
@@ -129,14 +136,11 @@ def chat_row(image, qas: list) -> dict:
 def row_questions(scene: Scene, rng: np.random.Generator) -> list:
     """The `(question, answer)` turns of a scene's question row, in random phrasings and order: for each shape its colour
     or (at random) its shape question, never both; the count; and one position question if there are two shapes or more."""
-    ask = lambda kind, **kw: PHRASINGS[kind][int(rng.integers(len(PHRASINGS[kind])))].format(**kw)
     objs = scene.objects
-    qa = [(ask("colour", shape=o.shape), o.colour) if rng.random() < 0.5 else (ask("shape", colour=o.colour), o.shape)
+    qa = [(_ask(rng, "colour", shape=o.shape), o.colour) if rng.random() < 0.5 else (_ask(rng, "shape", colour=o.colour), o.shape)
           for o in objs]
-    qa.append((ask("count"), NUMBERS[len(objs)]))
-    if len(objs) > 1:
-        a, b = (objs[i] for i in rng.choice(len(objs), 2, replace=False))
-        qa.append((ask("position", a=a.shape, b=b.shape), "left" if a.x < b.x else "right"))
+    qa.append((_ask(rng, "count"), NUMBERS[len(objs)]))
+    if len(objs) > 1: qa.append(_position_qa(objs, rng))
     return [qa[i] for i in rng.permutation(len(qa))]
 
 def training_rows(split: str, n: int, seed: int = 0) -> list[dict]:
@@ -145,7 +149,7 @@ def training_rows(split: str, n: int, seed: int = 0) -> list[dict]:
     for s in scenes(split, n):
         image = draw_scene(s)
         rows.append(chat_row(image, row_questions(s, rng)))
-        rows.append(chat_row(image, [(PHRASINGS["caption"][int(rng.integers(len(PHRASINGS["caption"])))], caption(s))]))
+        rows.append(chat_row(image, [(_ask(rng, "caption"), caption(s))]))
     return rows
 
 def eval_items(n: int = 100, seed: int = 0, split: str = "test", paraphrase: bool = False) -> list[dict]:
