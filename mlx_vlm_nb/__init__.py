@@ -4,6 +4,7 @@ Modules:
 
 - `mlx_vlm_nb.convert`: `convert` a Hub or local checkpoint into an MLX folder in the mlx-community layout: dtype cast, affine 2-8 bit, mxfp4 / nvfp4 / mxfp8 and mixed-bit quantization, sharded safetensors, processor files and a model card.
 - `mlx_vlm_nb.factory`: Tiny random-weight checkpoints of real architectures, built offline from real Hub metadata, in every layout users meet: Hub-published, transformers 5 `save_pretrained`, and converted by mlx-vlm.
+- `mlx_vlm_nb.inspection`: Where a generated word looks on the picture, per layer and head or rolled out; a token-level attention view; and the image tokens laid back on the picture: their norms, similarities and what the logit lens reads in them.
 - `mlx_vlm_nb.lora`: Attach low-rank adapters (LoRA, DoRA; on a quantized base: QLoRA) to a loaded model, save and load them in mlx-vlm's adapter format, load PEFT's, and fuse them into the base weights.
 - `mlx_vlm_nb.models.aya_vision`: Cohere's Aya Vision (HF `model_type` `aya_vision`): a SigLIP tower on image tiles, a pixel-shuffle SwiGLU projector, and a Cohere 2 language model whose layers alternate sliding-window and global attention.
 - `mlx_vlm_nb.models.clip`: The CLIP vision transformer (HF `CLIPVisionTransformer`), shared by LLaVA and LLaVA-NeXT, and the selection of hidden states by layer index that LLaVA-style models do.

@@ -27,6 +27,12 @@ class Family:
     plain_prompt: bool = False      # no chat template: a prompt is the image placeholders, then the text (PaliGemma)
     # (config path of a logit factor, first transformers version whose reference class applies it): older ones omit it
     reference_logit_scale: tuple | None = None
+    # where the parts sit in our model (dotted paths), for inspection by stable names (`mlx_vlm_nb.capture`)
+    text_layers: str = "language_model.model.layers"
+    vision_blocks: str = "vision_tower.vision_model.encoder.layers"
+    projector: str = "multi_modal_projector"
+    # how a prompt's image tokens lay over the picture (`mlx_vlm_nb.capture.image_views`); None: not mapped yet
+    image_layout: str | None = None
 
     def load_module(self):
         "Import the model module."
@@ -36,35 +42,47 @@ class Family:
 FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("qwen2_vl", "qwen2_vl", "Qwen2VLProcessor", "Qwen2VLImageProcessorPil",
            "Qwen2VLForConditionalGeneration",
+           vision_blocks="vision_tower.blocks", projector="vision_tower.merger", image_layout="merged_grid",
            description="Qwen2-VL: ViT with 2x2 patch merge, dynamic resolution, M-RoPE"),
     Family("qwen2_5_vl", "qwen2_5_vl", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessorPil",
            "Qwen2_5_VLForConditionalGeneration",
+           vision_blocks="vision_tower.blocks", projector="vision_tower.merger", image_layout="merged_grid",
            description="Qwen2.5-VL: Qwen2-VL with windowed attention and RMSNorm/SwiGLU in the vision tower"),
     Family("qwen3_vl", "qwen3_vl", "Qwen3VLProcessor", "Qwen2VLImageProcessorPil", "Qwen3VLForConditionalGeneration",
+           vision_blocks="vision_tower.blocks", projector="vision_tower.merger", image_layout="merged_grid",
            description="Qwen3-VL: ViT with learned + rotary positions and DeepStack features into a Qwen3 decoder "
                        "(q/k norms, interleaved M-RoPE)"),
     Family("llava", "llava", "LlavaProcessor", "CLIPImageProcessorPil", "LlavaForConditionalGeneration",
+           image_layout="square_grid",
            description="LLaVA-1.5: CLIP ViT features through a 2-layer MLP projector into a Llama (Vicuna) decoder"),
     Family("llava_next", "llava_next", "LlavaNextProcessor", "LlavaNextImageProcessorPil",
            "LlavaNextForConditionalGeneration", max_images=1,
            description="LLaVA-NeXT: LLaVA with any-resolution tiles, unpadding and an image-newline token; Mistral/Vicuna decoder"),
     Family("pixtral", "pixtral", "PixtralProcessor", "PixtralImageProcessorPil", "LlavaForConditionalGeneration",
+           vision_blocks="vision_tower.vision_model.transformer.layers",
            description="Pixtral-12B: Pixtral ViT (2-D RoPE, any resolution, [IMG_BREAK] per row) through a LLaVA "
                        "projector into a Mistral decoder"),
     Family("mistral3", "mistral3", "PixtralProcessor", "PixtralImageProcessorPil", "Mistral3ForConditionalGeneration",
+           vision_blocks="vision_tower.vision_model.transformer.layers",
            description="Mistral Small 3.1: the Pixtral ViT, a 2x2 patch merger and RMSNorm in the projector, a Mistral decoder"),
     Family("idefics3", "idefics3", "Idefics3Processor", "Idefics3ImageProcessorPil", "Idefics3ForConditionalGeneration",
+           text_layers="language_model.layers", vision_blocks="vision_model.encoder.layers", projector="connector",
+           image_layout="tiles",
            description="Idefics3 / SmolVLM: SigLIP on image tiles + global view, pixel-shuffle connector, Llama 3 decoder"),
     Family("smolvlm", "smolvlm", "SmolVLMProcessor", "SmolVLMImageProcessorPil", "SmolVLMForConditionalGeneration",
+           text_layers="language_model.layers", vision_blocks="vision_model.encoder.layers", projector="connector",
+           image_layout="tiles",
            description="SmolVLM / SmolVLM2 (transformers' smolvlm type): the Idefics3 architecture with its own processor"),
     Family("mllama", "mllama", "MllamaProcessor", "MllamaImageProcessorPil", "MllamaForConditionalGeneration",
-           max_images=1, description="Llama 3.2 Vision: tiled ViT (local + gated global encoder) read by gated "
-                                     "cross-attention layers of a Llama 3 decoder"),
+           max_images=1, vision_blocks="vision_tower.transformer.layers",
+           description="Llama 3.2 Vision: tiled ViT (local + gated global encoder) read by gated "
+                       "cross-attention layers of a Llama 3 decoder"),
     Family("paligemma", "paligemma", "PaliGemmaProcessor", "SiglipImageProcessorPil", "PaliGemmaForConditionalGeneration",
-           max_images=1, min_images=1, plain_prompt=True,
+           max_images=1, min_images=1, plain_prompt=True, image_layout="square_grid",
            description="PaliGemma / PaliGemma 2: SigLIP features through a linear projector into a Gemma / Gemma 2 "
                        "decoder; image and prompt form a bidirectional prefix"),
     Family("gemma3", "gemma3", "Gemma3Processor", "Gemma3ImageProcessorPil", "Gemma3ForConditionalGeneration",
+           image_layout="square_grid",
            description="Gemma 3: SigLIP features average-pooled to 256 soft tokens per image, a Gemma 3 decoder with "
                        "interleaved sliding-window and global layers; each image attends to itself both ways"),
     Family("aya_vision", "aya_vision", "AyaVisionProcessor", "GotOcr2ImageProcessorPil", "AyaVisionForConditionalGeneration",
