@@ -273,7 +273,20 @@ def _tiles(processor, inputs, ids, pos, images, first):
         image, seen_tiles = image + 1, []
     return views
 
-IMAGE_LAYOUTS = {"merged_grid": _merged_grid, "square_grid": _square_grid, "tiles": _tiles}
+def _rows(processor, inputs, ids, pos, images, first):
+    """Pixtral / Mistral 3: per picture, its rows of tokens (patches, or 2 x 2 merged patches) each closed by
+    `[IMG_BREAK]`, the last by `[IMG_END]`, over the whole picture (resized, never cropped)."""
+    end = processor.tokenizer.convert_tokens_to_ids(processor.image_end_token)
+    views, rows = [], []
+    for run in _runs(pos):
+        rows.append(run)
+        if ids[run[-1] + 1] == end:
+            if len({len(r) for r in rows}) != 1: raise ValueError("an image's rows of tokens differ in length")
+            views.append(ImageView(len(views), np.concatenate(rows), len(rows), len(rows[0]), (0.0, 0.0, 1.0, 1.0)))
+            rows = []
+    return views
+
+IMAGE_LAYOUTS = {"merged_grid": _merged_grid, "square_grid": _square_grid, "tiles": _tiles, "rows": _rows}
 
 def image_views(model, processor, inputs, index: int = 0) -> list:
     """Where the image tokens of prompt `index` of `inputs` (from `prepare_inputs`) sit, and which part of which

@@ -59,11 +59,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
            "LlavaNextForConditionalGeneration", max_images=1,
            description="LLaVA-NeXT: LLaVA with any-resolution tiles, unpadding and an image-newline token; Mistral/Vicuna decoder"),
     Family("pixtral", "pixtral", "PixtralProcessor", "PixtralImageProcessorPil", "LlavaForConditionalGeneration",
-           vision_blocks="vision_tower.vision_model.transformer.layers",
+           vision_blocks="vision_tower.vision_model.transformer.layers", image_layout="rows",
            description="Pixtral-12B: Pixtral ViT (2-D RoPE, any resolution, [IMG_BREAK] per row) through a LLaVA "
                        "projector into a Mistral decoder"),
     Family("mistral3", "mistral3", "PixtralProcessor", "PixtralImageProcessorPil", "Mistral3ForConditionalGeneration",
-           vision_blocks="vision_tower.vision_model.transformer.layers",
+           vision_blocks="vision_tower.vision_model.transformer.layers", image_layout="rows",
            description="Mistral Small 3.1: the Pixtral ViT, a 2x2 patch merger and RMSNorm in the projector, a Mistral decoder"),
     Family("idefics3", "idefics3", "Idefics3Processor", "Idefics3ImageProcessorPil", "Idefics3ForConditionalGeneration",
            text_layers="language_model.layers", vision_blocks="vision_model.encoder.layers", projector="connector",

@@ -42,10 +42,13 @@ def _white_per_token(model, processor, inputs, views):
             m2 = processor.image_processor.merge_size ** 2
             start = sum(len(u.positions) for u in views[:j]) * m2
             out.append((px[start:start + len(v.positions) * m2].reshape(len(v.positions), m2, -1) > 0).mean((1, 2)))
-        else:                                # (images or tiles, 3, S, S): token (r, c) reads block (r, c)
+        else:                                # (images or tiles, 3, H, W): token (r, c) reads block (r, c)
             img = px[0, j] if layout == "tiles" else px[v.image]
-            S = img.shape[-1]
-            out.append((img.max(0) > 0).reshape(v.rows, S // v.rows, v.cols, S // v.cols).mean((1, 3)).reshape(-1))
+            if "image_sizes" in inputs:      # Pixtral pads a batch's pictures to the largest: keep this one's pixels
+                H, W = np.array(inputs["image_sizes"])[v.image]
+                img = img[:, :H, :W]
+            H, W = img.shape[-2:]
+            out.append((img.max(0) > 0).reshape(v.rows, H // v.rows, v.cols, W // v.cols).mean((1, 3)).reshape(-1))
     return out
 
 def _overlap(boxes, sq):
