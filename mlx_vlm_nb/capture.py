@@ -235,7 +235,7 @@ def _crop_box(ip, width: int, height: int) -> tuple:
     left, top = (rw - crop.width) // 2, (rh - crop.height) // 2
     return (left / rw, top / rh, (left + crop.width) / rw, (top + crop.height) / rh)
 
-def _merged_grid(processor, inputs, ids, pos, images, first):
+def _merged_grid(model, processor, inputs, ids, pos, images, first):
     "Qwen2-VL family: `image_grid_thw` patches per picture, merged `merge_size`² into one token, row-major."
     m = processor.image_processor.merge_size
     views, start = [], 0
@@ -247,7 +247,7 @@ def _merged_grid(processor, inputs, ids, pos, images, first):
         start += n
     return views
 
-def _square_grid(processor, inputs, ids, pos, images, first):
+def _square_grid(model, processor, inputs, ids, pos, images, first):
     "LLaVA, PaliGemma, Gemma 3: a square grid of tokens per picture over the processor's (cropped) square."
     n = len(pos) // len(images)
     side = int(round(n ** 0.5))
@@ -255,7 +255,7 @@ def _square_grid(processor, inputs, ids, pos, images, first):
     return [ImageView(i, pos[i * n:(i + 1) * n], side, side, _crop_box(processor.image_processor, *im.size))
             for i, im in enumerate(images)]
 
-def _tiles(processor, inputs, ids, pos, images, first):
+def _tiles(model, processor, inputs, ids, pos, images, first):
     """Idefics3 / SmolVLM: per picture, `rows x cols` tiles (each introduced by a `<row_r_col_c>` token) then the
     global view (after `<global-img>`); each tile or view is a square grid of tokens."""
     toks = processor.tokenizer.convert_ids_to_tokens(ids.tolist())
@@ -273,7 +273,7 @@ def _tiles(processor, inputs, ids, pos, images, first):
         image, seen_tiles = image + 1, []
     return views
 
-def _rows(processor, inputs, ids, pos, images, first):
+def _rows(model, processor, inputs, ids, pos, images, first):
     """Pixtral / Mistral 3: per picture, its rows of tokens (patches, or 2 x 2 merged patches) each closed by
     `[IMG_BREAK]`, the last by `[IMG_END]`, over the whole picture (resized, never cropped)."""
     end = processor.tokenizer.convert_tokens_to_ids(processor.image_end_token)
@@ -286,7 +286,40 @@ def _rows(processor, inputs, ids, pos, images, first):
             rows = []
     return views
 
-IMAGE_LAYOUTS = {"merged_grid": _merged_grid, "square_grid": _square_grid, "tiles": _tiles, "rows": _rows}
+def _canvas_box(size, pinpoints, kept, patch: int) -> tuple:
+    """The part of a picture (`size` `(height, width)`) that LLaVA-NeXT's kept grid `(top, rows, left, cols)` shows:
+    the picture is resized to fit its best canvas (the long side filled, the other rounded up) and centred on it."""
+    import math
+    from mlx_vlm_nb.models.llava_next import select_best_resolution
+    (oh, ow), (th, tw) = (int(v) for v in size), select_best_resolution(size, pinpoints)
+    if tw / ow < th / oh: nw, nh = tw, min(math.ceil(oh * tw / ow), th)
+    else: nh, nw = th, min(math.ceil(ow * th / oh), tw)
+    px, py = (tw - nw) // 2, (th - nh) // 2                            # where the picture sits on the canvas
+    top, rows, left, cols = kept
+    return ((left * patch - px) / nw, (top * patch - py) / nh, ((left + cols) * patch - px) / nw, ((top + rows) * patch - py) / nh)
+
+def _anyres(model, processor, inputs, ids, pos, images, first):
+    """LLaVA-NeXT: per picture, the base tile (the whole picture squeezed into one tile), then the grid of the tiles
+    its best canvas cuts, less the rows or columns of padding around the picture, with an `image_newline` token
+    closing each row (left off the view: it covers no part of the picture)."""
+    from mlx_vlm_nb.models.llava_next import tile_grid, unpadded_shape
+    c, v = model.config, model.config.vision_config
+    side = v.image_size // v.patch_size
+    sizes = np.array(inputs["image_sizes"]).reshape(-1, 2)[first:first + len(images)]
+    views, start = [], 0
+    for i, size in enumerate(sizes):
+        views.append(ImageView(i, pos[start:start + side * side], side, side, (0.0, 0.0, 1.0, 1.0), "base"))
+        start += side * side
+        rows, cols = tile_grid(size, c.image_grid_pinpoints, v.image_size)
+        if rows * cols == 1: start += 1; continue                      # one tile: the base one and a newline only
+        top, h, left, w = unpadded_shape(size, rows * side, cols * side)
+        grid = pos[start:start + h * (w + 1)].reshape(h, w + 1)[:, :w]
+        views.append(ImageView(i, grid.reshape(-1), h, w, _canvas_box(size, c.image_grid_pinpoints, (top, h, left, w), v.patch_size), "tiles"))
+        start += h * (w + 1)
+    if start != len(pos): raise RuntimeError(f"laid out {start} of the prompt's {len(pos)} image tokens")
+    return views
+
+IMAGE_LAYOUTS = {"merged_grid": _merged_grid, "square_grid": _square_grid, "tiles": _tiles, "rows": _rows, "anyres": _anyres}
 
 def image_views(model, processor, inputs, index: int = 0) -> list:
     """Where the image tokens of prompt `index` of `inputs` (from `prepare_inputs`) sit, and which part of which
@@ -300,9 +333,10 @@ def image_views(model, processor, inputs, index: int = 0) -> list:
     images = inputs.images[index] if inputs.images else []
     if not len(pos) or not images: raise ValueError(f"prompt {index} has no image tokens")
     first = sum(len(imgs) for imgs in inputs.images[:index])          # pictures of earlier prompts in a batch
-    views = IMAGE_LAYOUTS[layout](processor, inputs, ids, pos, images, first)
-    if sum(len(v.positions) for v in views) != len(pos):
-        raise RuntimeError(f"mapped {sum(len(v.positions) for v in views)} of the prompt's {len(pos)} image tokens")
+    views = IMAGE_LAYOUTS[layout](model, processor, inputs, ids, pos, images, first)
+    mapped = np.concatenate([v.positions for v in views])
+    if len(set(mapped.tolist())) != len(mapped) or not set(mapped.tolist()) <= set(pos.tolist()) or (layout != "anyres" and len(mapped) != len(pos)):
+        raise RuntimeError(f"the {layout} layout mapped {len(mapped)} positions that are not the prompt's {len(pos)} image tokens")
     return views
 
 # %% ../nbs/20_capture.ipynb #9e16bfbb

@@ -56,7 +56,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
            image_layout="square_grid",
            description="LLaVA-1.5: CLIP ViT features through a 2-layer MLP projector into a Llama (Vicuna) decoder"),
     Family("llava_next", "llava_next", "LlavaNextProcessor", "LlavaNextImageProcessorPil",
-           "LlavaNextForConditionalGeneration", max_images=1,
+           "LlavaNextForConditionalGeneration", max_images=1, image_layout="anyres",
            description="LLaVA-NeXT: LLaVA with any-resolution tiles, unpadding and an image-newline token; Mistral/Vicuna decoder"),
     Family("pixtral", "pixtral", "PixtralProcessor", "PixtralImageProcessorPil", "LlavaForConditionalGeneration",
            vision_blocks="vision_tower.vision_model.transformer.layers", image_layout="rows",

@@ -42,9 +42,18 @@ def _white_per_token(model, processor, inputs, views):
             m2 = processor.image_processor.merge_size ** 2
             start = sum(len(u.positions) for u in views[:j]) * m2
             out.append((px[start:start + len(v.positions) * m2].reshape(len(v.positions), m2, -1) > 0).mean((1, 2)))
+        elif layout == "anyres" and v.label == "tiles":   # the canvas of tiles 1.., less the padding around the picture
+            from mlx_vlm_nb.models.llava_next import tile_grid, unpadded_shape
+            size, S = np.array(inputs["image_sizes"])[v.image], px.shape[-1]
+            rows, cols = tile_grid(size, model.config.image_grid_pinpoints, S)
+            canvas = px[v.image, 1:1 + rows * cols].max(1).reshape(rows, cols, S, S).transpose(0, 2, 1, 3).reshape(rows * S, cols * S)
+            p = S // (model.config.vision_config.image_size // model.config.vision_config.patch_size)
+            top, h, left, w = unpadded_shape(size, rows * S // p, cols * S // p)
+            canvas = canvas[top * p:(top + h) * p, left * p:(left + w) * p]
+            out.append((canvas > 0).reshape(h, p, w, p).mean((1, 3)).reshape(-1))
         else:                                # (images or tiles, 3, H, W): token (r, c) reads block (r, c)
-            img = px[0, j] if layout == "tiles" else px[v.image]
-            if "image_sizes" in inputs:      # Pixtral pads a batch's pictures to the largest: keep this one's pixels
+            img = px[0, j] if layout == "tiles" else px[v.image, 0] if layout == "anyres" else px[v.image]
+            if layout == "rows":             # Pixtral pads a batch's pictures to the largest: keep this one's pixels
                 H, W = np.array(inputs["image_sizes"])[v.image]
                 img = img[:, :H, :W]
             H, W = img.shape[-2:]
@@ -65,7 +74,7 @@ def test_patch_mapping_bright_square(model_type):
         n_inside = 0
         for v, white in zip(views, _white_per_token(model, processor, inputs, views)):
             ov = _overlap(v.token_boxes(w, h), (sq[0], sq[1], sq[2] + 1, sq[3] + 1))
-            inside, outside = ov >= 0.9, ov <= 0.1
+            inside, outside = ov >= 0.9, ov <= 0.05     # edge tokens: resampling blurs the square by a pixel or so
             assert (white[inside] >= 0.9).all() and (white[outside] <= 0.1).all(), (v.label, white, ov)
             assert (np.abs(white - ov)[~inside & ~outside] <= 0.3).all(), (v.label, white, ov)
             n_inside += int(inside.sum())
