@@ -319,7 +319,26 @@ def _anyres(model, processor, inputs, ids, pos, images, first):
     if start != len(pos): raise RuntimeError(f"laid out {start} of the prompt's {len(pos)} image tokens")
     return views
 
-IMAGE_LAYOUTS = {"merged_grid": _merged_grid, "square_grid": _square_grid, "tiles": _tiles, "rows": _rows, "anyres": _anyres}
+def _canvas_tiles(model, processor, inputs, ids, pos, images, first):
+    """Aya Vision (GOT-OCR 2 tiling): per picture, the tiles of the canvas whose shape best fits its aspect ratio,
+    row-major, then a thumbnail of the whole picture (none when one tile is enough), each a square grid of tokens."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+    ip, runs, views, k = processor.image_processor, _runs(pos), [], 0
+    for i, im in enumerate(images):
+        cols, rows = (get_optimal_tiled_canvas((im.height, im.width), (ip.size.height, ip.size.width), ip.min_patches,
+                                               ip.max_patches) if ip.crop_to_patches and ip.max_patches > 1 else (1, 1))
+        n = rows * cols + (rows * cols > 1)
+        for t, run in enumerate(runs[k:k + n]):
+            side = int(round(len(run) ** 0.5))
+            if t == rows * cols or n == 1: views.append(ImageView(i, run, side, side, (0.0, 0.0, 1.0, 1.0), "global" if n > 1 else "image"))
+            else:
+                r, c = divmod(t, cols)
+                views.append(ImageView(i, run, side, side, (c / cols, r / rows, (c + 1) / cols, (r + 1) / rows), f"tile {r},{c}"))
+        k += n
+    return views
+
+IMAGE_LAYOUTS = {"merged_grid": _merged_grid, "square_grid": _square_grid, "tiles": _tiles, "rows": _rows, "anyres": _anyres,
+                 "canvas_tiles": _canvas_tiles}
 
 def image_views(model, processor, inputs, index: int = 0) -> list:
     """Where the image tokens of prompt `index` of `inputs` (from `prepare_inputs`) sit, and which part of which

@@ -86,6 +86,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
            description="Gemma 3: SigLIP features average-pooled to 256 soft tokens per image, a Gemma 3 decoder with "
                        "interleaved sliding-window and global layers; each image attends to itself both ways"),
     Family("aya_vision", "aya_vision", "AyaVisionProcessor", "GotOcr2ImageProcessorPil", "AyaVisionForConditionalGeneration",
+           image_layout="canvas_tiles",
            reference_logit_scale=("text_config.logit_scale", "5.25.0"),  # transformers 4.52 to 5.24 drop Cohere 2's logit_scale
            description="Aya Vision: SigLIP on image tiles, pixel-shuffle SwiGLU projector, Cohere 2 decoder with "
                        "sliding-window layers"),
