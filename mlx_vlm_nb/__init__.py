@@ -37,6 +37,7 @@ _LAZY = {
     "apply_chat_template": "prompt", "generate": "generation", "stream_generate": "generation",
     "batch_generate": "generation", "GenerationResult": "generation", "BatchResponse": "generation",
     "BatchStats": "generation", "doctor": "blas", "convert": "convert",
+    "run_with_cache": "capture",   # (the context manager: mlx_vlm_nb.capture.capture; the name `capture` is its module)
 }
 
 def __getattr__(name):
