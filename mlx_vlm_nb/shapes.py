@@ -6,10 +6,11 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/shapes.html.md"""
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'NUMBERS', 'IMAGE_SIZE', 'CELL', 'QUESTION_TYPES', 'PHRASINGS', 'SPLIT_SEEDS', 'MODEL_SIZES',
-           'Shape', 'Scene', 'random_scene', 'draw_scene', 'caption', 'questions', 'scenes', 'chat_row',
-           'row_questions', 'training_rows', 'eval_items', 'tokenizer_corpus', 'train_tokenizer', 'model_config',
-           'write_checkpoint_files', 'init_weights', 'new_model', 'save_weights', 'token_labels', 'pretrain_vision',
-           'train_shapes', 'evaluate']
+           'RETRIEVAL_TEMPERATURE', 'Shape', 'Scene', 'random_scene', 'draw_scene', 'caption', 'questions', 'scenes',
+           'chat_row', 'row_questions', 'training_rows', 'eval_items', 'tokenizer_corpus', 'train_tokenizer',
+           'model_config', 'write_checkpoint_files', 'init_weights', 'new_model', 'save_weights', 'token_labels',
+           'retrieval_loss', 'VisionProbe', 'probe_loss', 'pretrain_vision', 'probe_accuracy', 'train_shapes',
+           'evaluate']
 
 # %% ../nbs/19_shapes.ipynb #a1194675
 import json, time
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 import mlx.core as mx
+import mlx.nn as nn
 
 # %% ../nbs/19_shapes.ipynb #98abf3aa
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 40),
@@ -212,7 +214,7 @@ def model_config(tok) -> dict:
         assert last in d, path
         d[last] = v
     ids = lambda t: tok.convert_tokens_to_ids(t)
-    cfg.update(vocab_size=len(tok), tie_word_embeddings=False, torch_dtype="float32", max_position_embeddings=2048, rope_theta=10.0,
+    cfg.update(vocab_size=len(tok), tie_word_embeddings=False, torch_dtype="float32", max_position_embeddings=2048,
                sliding_window=2048, max_window_layers=cfg["num_hidden_layers"], bos_token_id=ids("<|endoftext|>"),
                eos_token_id=ids("<|im_end|>"), vision_start_token_id=ids("<|vision_start|>"),
                vision_end_token_id=ids("<|vision_end|>"), vision_token_id=ids("<|vision_pad|>"),
@@ -273,43 +275,92 @@ def save_weights(model, folder, dtype=mx.float16):
     (folder/"config.json").write_text(json.dumps({**cfg, "torch_dtype": str(dtype).split(".")[-1]}, indent=1))
 
 # %% ../nbs/19_shapes.ipynb #229229b1
+RETRIEVAL_TEMPERATURE = 10.0    # cosine scale of the retrieval head: large enough to pick 4 tokens of 36, small enough to need a margin
+
 def token_labels(scene: Scene) -> tuple:
-    "Per image token (row-major, as the merger emits them): 0 for background, else 1 + the covering shape's index in `SHAPES`; and the same for `COLOURS`."
+    """Per image token (row-major, as the merger emits them): 0 for background, else 1 + the covering shape's index in
+    `SHAPES`; the same for `COLOURS`; and the token's column."""
     grid, per_cell = IMAGE_SIZE // 28, CELL // 28
     shape, colour = np.zeros((grid, grid), np.int32), np.zeros((grid, grid), np.int32)
     for o in scene.objects:
         c, r = o.x // CELL * per_cell, o.y // CELL * per_cell
         shape[r:r + per_cell, c:c + per_cell] = 1 + SHAPES.index(o.shape)
         colour[r:r + per_cell, c:c + per_cell] = 1 + list(COLOURS).index(o.colour)
-    return shape.reshape(-1), colour.reshape(-1)
+    return shape.reshape(-1), colour.reshape(-1), np.tile(np.arange(grid, dtype=np.int32), grid)
 
-def pretrain_vision(model, processor, steps: int = 200, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0) -> list:
-    "Train `model`'s vision tower to label each image token's shape and colour (`token_labels`) on training scenes; the losses."
-    import mlx.nn as nn, mlx.optimizers as optim
-    class Probe(nn.Module):
-        def __init__(self, tower, dim):
-            super().__init__()
-            self.tower, self.shape, self.colour = tower, nn.Linear(dim, 1 + len(SHAPES)), nn.Linear(dim, 1 + len(COLOURS))
-        def __call__(self, pixel_values, grid_thw):
-            h = self.tower(pixel_values, grid_thw)
-            return self.shape(h), self.colour(h)
-    def loss(probe, pixel_values, grid_thw, shape, colour):
-        ls, lc = probe(pixel_values, grid_thw)
-        return nn.losses.cross_entropy(ls, shape).mean() + nn.losses.cross_entropy(lc, colour).mean()
-    probe = Probe(model.vision_tower, model.hf_config["vision_config"]["hidden_size"])     # the merger's output size
-    step, opt = nn.value_and_grad(probe, loss), optim.AdamW(learning_rate=learning_rate, betas=[0.9, 0.95], weight_decay=0.01)
+def _retrieval_targets(shape: mx.array, colour: mx.array, tokens: int) -> mx.array:
+    "`(images, tokens, queries)`: which tokens each query (every shape, then every colour) should find."
+    per = lambda a: a.reshape(-1, tokens, 1)
+    return mx.concatenate([per(shape) == mx.arange(1, len(SHAPES) + 1), per(colour) == mx.arange(1, len(COLOURS) + 1)], axis=-1)
+
+def retrieval_loss(scores: mx.array, targets: mx.array) -> mx.array:
+    "Mean over the queries whose thing is in the picture of -log(softmax mass on its tokens); `scores` `(images, tokens, queries)`."
+    present = targets.any(axis=1)
+    missed = mx.logsumexp(scores, axis=1) - mx.logsumexp(mx.where(targets, scores, -1e9), axis=1)
+    return mx.where(present, missed, 0).sum() / present.sum()
+
+class VisionProbe(nn.Module):
+    "The vision tower with the heads of its pre-training: shape, colour and column classifiers, and retrieval queries."
+    def __init__(self, tower, dim: int):
+        super().__init__()
+        grid = IMAGE_SIZE // 28
+        self.tower, self.shape, self.colour, self.column = tower, nn.Linear(dim, 1 + len(SHAPES)), nn.Linear(dim, 1 + len(COLOURS)), nn.Linear(dim, grid)
+        self.queries = mx.random.normal((len(SHAPES) + len(COLOURS), dim)) * 0.02
+
+    def __call__(self, pixel_values, grid_thw):
+        "Token features' class logits, and retrieval scores `(images, tokens, queries)`: cosine x temperature."
+        h = self.tower(pixel_values, grid_thw)
+        unit = lambda x: x / mx.linalg.norm(x, axis=-1, keepdims=True)
+        scores = RETRIEVAL_TEMPERATURE * unit(h).reshape(-1, (IMAGE_SIZE // 28) ** 2, h.shape[-1]) @ unit(self.queries).T
+        return self.shape(h), self.colour(h), self.column(h), scores
+
+def _probe_batch(processor, batch):
+    px = processor.image_processor(images=[draw_scene(s) for s in batch], return_tensors="np")
+    labels = [mx.array(np.concatenate(ls)) for ls in zip(*(token_labels(s) for s in batch))]
+    return mx.array(px["pixel_values"]), mx.array(px["image_grid_thw"]), labels
+
+def probe_loss(probe, pixel_values, grid_thw, shape, colour, column):
+    "The pre-training loss: the classifiers' cross-entropies (shape counted twice: the hard one) and the retrieval loss."
+    ls, lc, lx, scores = probe(pixel_values, grid_thw)
+    ce = nn.losses.cross_entropy
+    return (2 * ce(ls, shape).mean() + ce(lc, colour).mean() + ce(lx, column).mean()
+            + retrieval_loss(scores, _retrieval_targets(shape, colour, scores.shape[1])))
+
+def pretrain_vision(model, processor, steps: int = 400, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0):
+    "Train `model`'s vision tower and merger with a `VisionProbe` on training scenes; returns the probe and the losses."
+    import mlx.optimizers as optim
+    mx.random.seed(seed)
+    probe = VisionProbe(model.vision_tower, model.hf_config["vision_config"]["hidden_size"])   # the merger's output size
+    step = nn.value_and_grad(probe, probe_loss)
+    opt = optim.AdamW(learning_rate=optim.cosine_decay(learning_rate, steps, learning_rate / 10), betas=[0.9, 0.95], weight_decay=0.01)
     data, losses = scenes("train", steps * batch_size), []
     for k in range(steps):
-        batch = data[k * batch_size:(k + 1) * batch_size]
-        px = processor.image_processor(images=[draw_scene(s) for s in batch], return_tensors="np")
-        labels = [np.concatenate(ls) for ls in zip(*(token_labels(s) for s in batch))]
-        value, grads = step(probe, mx.array(px["pixel_values"]), mx.array(px["image_grid_thw"]), *map(mx.array, labels))
+        pixel_values, grid_thw, labels = _probe_batch(processor, data[k * batch_size:(k + 1) * batch_size])
+        value, grads = step(probe, pixel_values, grid_thw, *labels)
         opt.update(probe, grads)
         mx.eval(probe.parameters(), opt.state)
         losses.append(value.item())
-    return losses
+    return probe, losses
 
-# %% ../nbs/19_shapes.ipynb #89f3b317
+def probe_accuracy(probe, processor, n: int = 128) -> dict:
+    """On `n` validation scenes: how often each token's shape is classified right (tokens a shape covers), and how often
+    a retrieval query's best token belongs to its shape or colour."""
+    stats = {"shape": [], "find shape": [], "find colour": []}
+    data, ns, nc = scenes("valid", n), len(SHAPES), len(COLOURS)
+    for k in range(0, n, 32):
+        pixel_values, grid_thw, (shape, colour, column) = _probe_batch(processor, data[k:k + 32])
+        ls, _, _, scores = probe(pixel_values, grid_thw)
+        covered = np.array(shape) > 0
+        stats["shape"] += list((np.array(mx.argmax(ls, -1)) == np.array(shape))[covered])
+        targets = np.array(_retrieval_targets(shape, colour, scores.shape[1]))
+        best = np.array(mx.argmax(scores, axis=1))                                        # (images, queries)
+        hit = np.take_along_axis(targets, best[:, None, :], 1)[:, 0]
+        present = targets.any(1)
+        for name, qs in (("find shape", slice(0, ns)), ("find colour", slice(ns, None))):
+            stats[name] += list(hit[:, qs][present[:, qs]])
+    return {k: float(np.mean(v)) for k, v in stats.items()}
+
+# %% ../nbs/19_shapes.ipynb #c84428af
 class _TimeLimit:
     def __init__(self, seconds): self.seconds, self.start = seconds, time.perf_counter()
     def on_step(self, trainer, record):
@@ -317,7 +368,7 @@ class _TimeLimit:
 
 def train_shapes(out, n_train: int = 4000, steps: int = 600, batch_size: int = 32, learning_rate: float = 1e-3,
                  warmup: int = 50, n_valid: int = 64, seed: int = 0, time_limit: float | None = None, callbacks=(),
-                 vision_steps: int = 200):
+                 vision_steps: int = 400):
     """Train a shapes model from scratch into the checkpoint folder `out`: `vision_steps` of `pretrain_vision`, then
     `steps` of `Trainer` on the `2 * n_train` rows of `training_rows`; the finished `Trainer`."""
     from mlx_vlm_nb.train import Trainer, TrainingArgs
