@@ -120,8 +120,11 @@ class Capture:
     def summary(self):
         "One row per captured name: calls, shape (all calls joined), dtype and bytes."
         import pandas as pd
-        rows = [{"name": n, "calls": len(self._calls[n]), "shape": tuple(self[n].shape), "dtype": str(self[n].dtype).split(".")[-1],
-                 "bytes": sum(a.nbytes for a in self._calls[n])} for n in self.names]
+        rows = []
+        for n in self.names:
+            joined = self[n]
+            rows.append({"name": n, "calls": len(self._calls[n]), "shape": tuple(joined.shape),
+                         "dtype": str(joined.dtype).split(".")[-1], "bytes": sum(a.nbytes for a in self._calls[n])})
         return pd.DataFrame(rows, columns=["name", "calls", "shape", "dtype", "bytes"])
 
     def __repr__(self): return f"Capture({len(self.names)} of {len(self._calls)} names, {self.nbytes / 2**20:.2f} MiB)\n{self.summary().to_string(index=False)}"
@@ -221,6 +224,12 @@ def _image_token_id(processor) -> int:
         tid = processor.tokenizer.convert_tokens_to_ids(image_token_of(processor))
     return int(tid)
 
+def _side(n: int) -> int:
+    "The side of a square grid of `n` tokens; an error if `n` is not a square."
+    side = int(round(n ** 0.5))
+    if side * side != n: raise ValueError(f"{n} image tokens do not form a square grid")
+    return side
+
 def _runs(positions: np.ndarray) -> list:
     "Consecutive runs of token positions."
     return np.split(positions, np.flatnonzero(np.diff(positions) > 1) + 1) if len(positions) else []
@@ -250,8 +259,7 @@ def _merged_grid(model, processor, inputs, ids, pos, images, first):
 def _square_grid(model, processor, inputs, ids, pos, images, first):
     "LLaVA, PaliGemma, Gemma 3: a square grid of tokens per picture over the processor's (cropped) square."
     n = len(pos) // len(images)
-    side = int(round(n ** 0.5))
-    if side * side != n: raise ValueError(f"{n} image tokens per picture do not form a square grid")
+    side = _side(n)
     return [ImageView(i, pos[i * n:(i + 1) * n], side, side, _crop_box(processor.image_processor, *im.size))
             for i, im in enumerate(images)]
 
@@ -262,7 +270,7 @@ def _tiles(model, processor, inputs, ids, pos, images, first):
     views, image, seen_tiles = [], 0, []
     for run in _runs(pos):
         marker = toks[run[0] - 1]
-        side = int(round(len(run) ** 0.5))
+        side = _side(len(run))
         if (m := re.fullmatch(r"<row_(\d+)_col_(\d+)>", marker)):
             seen_tiles.append((int(m[1]) - 1, int(m[2]) - 1, run, side))
             continue
@@ -329,7 +337,7 @@ def _canvas_tiles(model, processor, inputs, ids, pos, images, first):
                                                ip.max_patches) if ip.crop_to_patches and ip.max_patches > 1 else (1, 1))
         n = rows * cols + (rows * cols > 1)
         for t, run in enumerate(runs[k:k + n]):
-            side = int(round(len(run) ** 0.5))
+            side = _side(len(run))
             if t == rows * cols or n == 1: views.append(ImageView(i, run, side, side, (0.0, 0.0, 1.0, 1.0), "global" if n > 1 else "image"))
             else:
                 r, c = divmod(t, cols)

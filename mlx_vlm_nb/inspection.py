@@ -13,7 +13,6 @@ __all__ = ['attention_from', 'attention_rollout', 'image_heatmap', 'head_grid', 
 import base64, html, re, uuid
 import numpy as np
 import mlx.core as mx
-from .capture import capture, image_views
 
 # %% ../nbs/21_inspection.ipynb #35b31f23
 def _np(x) -> np.ndarray: return np.array(x.astype(mx.float32)) if isinstance(x, mx.array) else np.asarray(x, np.float32)
@@ -145,8 +144,8 @@ def attention_html(cap, tokens: list, views, batch: int = 0, max_cells: int = 8,
     layers = _layers(cap)
     W = np.stack([_np(cap[f"lm.layers.{i}.attn.weights"][batch]) for i in layers])      # (layers, heads, T, S)
     W = np.concatenate([W, W.mean(1, keepdims=True)], 1)                                   # last head: the mean
-    image_pos = np.array(sorted(int(p) for v in views for p in v.positions), int)
-    text = [q for q in range(len(tokens)) if q not in set(image_pos.tolist())]
+    image_pos = {int(p) for v in views for p in v.positions}
+    text = [q for q in range(len(tokens)) if q not in image_pos]
     queries = text[-max_queries:]
     # keys: text tokens, then each view's pooled cells
     cols = [W[..., queries, :][..., text]]
@@ -170,7 +169,7 @@ def attention_html(cap, tokens: list, views, batch: int = 0, max_cells: int = 8,
             grid = "".join(f'<span class="k" data-k="{start + i}" style="width:10px;height:10px;display:inline-block;border:1px solid #ccc"></span>'
                            + ("<br>" if (i + 1) % c == 0 else "") for i in range(r * c))
             spans.append(f'<span style="display:inline-block;vertical-align:middle;margin:2px;line-height:0" title="{html.escape(views[j].label)}">{grid}</span>')
-        elif q in set(image_pos.tolist()): continue
+        elif q in image_pos: continue
         else:
             qi = queries.index(q) if q in queries else -1
             spans.append(f'<span class="k t" data-k="{text.index(q)}" data-q="{qi}" style="padding:1px 2px;margin:1px;border-radius:3px;cursor:default">{html.escape(t)}</span>')
