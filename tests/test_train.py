@@ -299,3 +299,22 @@ def test_adamw_betas_reach_the_optimizer(qwen):
     t = Trainer(model, processor, _rows(2), args=TrainingArgs(steps=1, betas=(0.9, 0.95)))
     assert [float(b) for b in t.optimizer.betas] == [0.9, 0.95]
     assert [float(b) for b in Trainer(model, processor, _rows(2)).optimizer.betas] == [0.9, 0.999]
+
+def test_frozen_vision_features_are_computed_once_per_picture(qwen):
+    """Only the decoder trains: each picture's vision features come from the trainer's cache after the first pass, and
+    the losses match a run that recomputes them (a full fine-tune of the tower turns the cache off)."""
+    def run(cache_vision):
+        model, processor = load(str(cached_checkpoint("qwen2_vl", "hub")))
+        mx.random.seed(0)
+        apply_lora(model, rank=4)
+        t = Trainer(model, processor, _rows(8), args=TrainingArgs(steps=4, batch_size=4, learning_rate=1e-3,
+                                                                  cache_vision=cache_vision))
+        return t, [h["loss"] for h in t.train()]
+    cached, with_cache = run(True)
+    plain, without = run(False)
+    s = cached.vision_cache.stats
+    assert (s.misses, s.hits, s.entries) == (8, 8, 8), s           # 8 pictures, 4 steps of 4 rows: two epochs
+    assert plain.vision_cache is None and np.allclose(with_cache, without, rtol=1e-5)
+    model, processor = qwen
+    model.unfreeze()
+    assert Trainer(model, processor, _rows(4), args=TrainingArgs(steps=1)).vision_cache is None

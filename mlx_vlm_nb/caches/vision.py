@@ -36,10 +36,12 @@ def model_namespace(model) -> str:
 
 # %% ../../nbs/caches/vision.ipynb #caf2d644
 class VisionFeatureCache:
-    "LRU of vision features keyed by (model, processed pixels, grid); bounded by `max_entries` and `max_bytes`."
-    def __init__(self, max_entries: int = 32, max_bytes: int = 512 * 2**20):
+    """LRU of vision features keyed by (model, processed pixels, grid); bounded by `max_entries` and `max_bytes`.
+    With `one_at_a_time`, missing pictures are encoded one by one, so a picture's features never depend on which
+    others were encoded beside it (training relies on that to resume bit for bit)."""
+    def __init__(self, max_entries: int = 32, max_bytes: int = 512 * 2**20, one_at_a_time: bool = False):
         if max_entries < 1 or max_bytes < 1: raise ValueError("max_entries and max_bytes must be positive")
-        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.max_entries, self.max_bytes, self.one_at_a_time = max_entries, max_bytes, one_at_a_time
         self._items = OrderedDict()   # key -> (features, encode seconds)
         self._stats = VisionCacheStats()
 
@@ -70,7 +72,7 @@ class VisionFeatureCache:
             else: missing.append(i)
         if missing:
             t = time.perf_counter()
-            new = encode(missing)
+            new = [f for i in missing for f in encode([i])] if self.one_at_a_time else encode(missing)
             mx.eval(new)
             secs = (time.perf_counter() - t) / len(missing)
             for i, f in zip(missing, new):
