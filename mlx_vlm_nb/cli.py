@@ -141,6 +141,8 @@ def _train_parser(sub):
     a("--max-seq-length", type=int, help="refuse rows longer than this")
     a("--no-group-by-length", dest="group_by_length", action="store_false",
       help="random batches instead of batches of rows of similar length")
+    a("--no-cache-vision", dest="cache_vision", action="store_false",
+      help="recompute vision features at every step, even when only the decoder trains")
     a("--eval-every", type=int, help="steps between validations (default: at the end)")
     a("--save-every", type=int, help="steps between checkpoints (default: at the end)")
     a("--seed", type=int, help="data order and dropout seed (default 0)")

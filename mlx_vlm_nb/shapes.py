@@ -6,8 +6,8 @@ Docs: https://mlx-vlm-nb.github.io/mlx_vlm_nb/shapes.html.md"""
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'NUMBERS', 'IMAGE_SIZE', 'CELL', 'QUESTION_TYPES', 'PHRASINGS', 'SPLIT_SEEDS', 'MODEL_SIZES',
-           'RETRIEVAL_TEMPERATURE', 'Shape', 'Scene', 'random_scene', 'draw_scene', 'caption', 'questions', 'scenes',
-           'chat_row', 'row_questions', 'training_rows', 'eval_items', 'tokenizer_corpus', 'train_tokenizer',
+           'RETRIEVAL_TEMPERATURE', 'Shape', 'Scene', 'random_scene', 'draw_scene', 'caption', 'questions', 'answer',
+           'scenes', 'chat_row', 'row_questions', 'training_rows', 'eval_items', 'tokenizer_corpus', 'train_tokenizer',
            'model_config', 'write_checkpoint_files', 'init_weights', 'new_model', 'save_weights', 'token_labels',
            'retrieval_loss', 'VisionProbe', 'probe_loss', 'pretrain_vision', 'probe_accuracy', 'train_shapes',
            'evaluate']
@@ -86,7 +86,7 @@ PHRASINGS = {
     "colour": ("What colour is the {shape}?", "What color is the {shape}?", "Which colour is the {shape}?"),
     "shape": ("What shape is the {colour} object?", "What shape is the {colour} one?", "Which shape is {colour}?"),
     "count": ("How many shapes are there?", "How many objects are in the image?", "Count the shapes."),
-    "position": ("Is the {a} left or right of the {b}?", "Is the {a} to the left or to the right of the {b}?"),
+    "position": ("Which is further {side}, the {a} or the {b}?", "Which one is more to the {side}, the {a} or the {b}?"),
     "caption": ("Describe the image.", "Describe this image.", "What is in this picture?", "What do you see?"),
 }
 
@@ -100,10 +100,15 @@ def _ask(rng: np.random.Generator, kind: str, paraphrase: bool = True, **fields)
     phrasings = PHRASINGS[kind]
     return (phrasings[int(rng.integers(len(phrasings)))] if paraphrase else phrasings[0]).format(**fields)
 
-def _position_qa(objs, rng: np.random.Generator, paraphrase: bool = True) -> tuple:
-    "Whether one random shape of `objs` is left or right of another."
-    a, b = (objs[i] for i in rng.choice(len(objs), 2, replace=False))
-    return _ask(rng, "position", paraphrase, a=a.shape, b=b.shape), "left" if a.x < b.x else "right"
+def _further(a: Shape, b: Shape, side: str) -> Shape:
+    "Which of two shapes is further to `side` (`left` or `right`)."
+    if side not in ("left", "right"): raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    return a if (a.x < b.x) == (side == "left") else b
+
+def _position_qa(a: Shape, b: Shape, rng: np.random.Generator, paraphrase: bool = True) -> tuple:
+    "Which of the shapes `a` and `b` is further to a random side."
+    side = ("left", "right")[int(rng.integers(2))]
+    return _ask(rng, "position", paraphrase, side=side, a=a.shape, b=b.shape), _further(a, b, side).shape
 
 def questions(scene: Scene, rng: np.random.Generator, paraphrase: bool = False) -> dict:
     """`{question type: (question, answer)}` for the scene (no `position` question when it has a single shape), in
@@ -114,9 +119,33 @@ def questions(scene: Scene, rng: np.random.Generator, paraphrase: bool = False) 
     o = objs[rng.integers(len(objs))]
     qa["shape"] = (_ask(rng, "shape", paraphrase, colour=o.colour), o.shape)
     qa["count"] = (_ask(rng, "count", paraphrase), NUMBERS[len(objs)])
-    if len(objs) > 1: qa["position"] = _position_qa(objs, rng, paraphrase)
+    if len(objs) > 1: qa["position"] = _position_qa(*(objs[i] for i in rng.choice(len(objs), 2, replace=False)), rng, paraphrase)
     qa["caption"] = (_ask(rng, "caption", paraphrase), caption(scene))
     return qa
+
+# %% ../nbs/19_shapes.ipynb #824090b9
+def _pattern(phrasing: str):
+    import re
+    return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\w+)", re.escape(phrasing)) + "$", re.I)
+
+def answer(scene: Scene, question: str) -> str:
+    "The right answer to `question` (worded as one of `PHRASINGS`) about `scene`."
+    for kind, phrasings in PHRASINGS.items():
+        for phrasing in phrasings:
+            m = _pattern(phrasing).match(question.strip())
+            if m: return _answer(scene, kind, {k: v.lower() for k, v in m.groupdict().items()})
+    raise ValueError(f"not a question of the dataset: {question!r}; ask one of {[p[0] for p in PHRASINGS.values()]}")
+
+def _answer(scene: Scene, kind: str, fields: dict) -> str:
+    def find(attribute, value):
+        hits = [o for o in scene.objects if getattr(o, attribute) == value]
+        if not hits: raise ValueError(f"the scene has no {value}: it holds {caption(scene)[:-1]}")
+        return hits[0]
+    if kind == "colour": return find("shape", fields["shape"]).colour
+    if kind == "shape": return find("colour", fields["colour"]).shape
+    if kind == "count": return NUMBERS[len(scene.objects)]
+    if kind == "position": return _further(find("shape", fields["a"]), find("shape", fields["b"]), fields["side"]).shape
+    return caption(scene)
 
 # %% ../nbs/19_shapes.ipynb #ade37fdc
 SPLIT_SEEDS = {"train": 0, "valid": 1, "test": 2}
@@ -135,23 +164,28 @@ def chat_row(image, qas: list) -> dict:
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
     return {"messages": messages, "images": [image]}
 
-def row_questions(scene: Scene, rng: np.random.Generator) -> list:
+def row_questions(scene: Scene, rng: np.random.Generator, position_pairs: int = 1) -> list:
     """The `(question, answer)` turns of a scene's question row, in random phrasings and order: for each shape its colour
-    or (at random) its shape question, never both; the count; and one position question if there are two shapes or more."""
+    or (at random) its shape question, never both; the count; and a position question for up to `position_pairs`
+    different pairs of shapes (one pair's answer never settles another's)."""
     objs = scene.objects
     qa = [(_ask(rng, "colour", shape=o.shape), o.colour) if rng.random() < 0.5 else (_ask(rng, "shape", colour=o.colour), o.shape)
           for o in objs]
     qa.append((_ask(rng, "count"), NUMBERS[len(objs)]))
-    if len(objs) > 1: qa.append(_position_qa(objs, rng))
+    pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
+    for k in rng.permutation(len(pairs))[:position_pairs]:
+        a, b = (objs[i] for i in rng.permutation(pairs[k]))
+        qa.append(_position_qa(a, b, rng))
     return [qa[i] for i in rng.permutation(len(qa))]
 
-def training_rows(split: str, n: int, seed: int = 0) -> list[dict]:
-    "`2n` training rows from the first `n` scenes of the split: for each, its `row_questions`, and its caption alone."
+def training_rows(split: str, n: int, seed: int = 0, caption_every: int = 1) -> list[dict]:
+    """Training rows from the first `n` scenes of the split: for each its `row_questions`, and for every
+    `caption_every`-th scene its caption alone."""
     rng, rows = np.random.default_rng(seed + 100 * SPLIT_SEEDS[split]), []
-    for s in scenes(split, n):
+    for k, s in enumerate(scenes(split, n)):
         image = draw_scene(s)
         rows.append(chat_row(image, row_questions(s, rng)))
-        rows.append(chat_row(image, [(_ask(rng, "caption"), caption(s))]))
+        if k % caption_every == 0: rows.append(chat_row(image, [(_ask(rng, "caption"), caption(s))]))
     return rows
 
 def eval_items(n: int = 100, seed: int = 0, split: str = "test", paraphrase: bool = False) -> list[dict]:
@@ -370,7 +404,7 @@ def train_shapes(out, n_train: int = 4000, steps: int = 600, batch_size: int = 3
                  warmup: int = 50, n_valid: int = 64, seed: int = 0, time_limit: float | None = None, callbacks=(),
                  vision_steps: int = 400):
     """Train a shapes model from scratch into the checkpoint folder `out`: `vision_steps` of `pretrain_vision`, then
-    `steps` of `Trainer` on the `2 * n_train` rows of `training_rows`; the finished `Trainer`."""
+    `steps` of `Trainer` on the rows of `training_rows` for `n_train` scenes; the finished `Trainer`."""
     from mlx_vlm_nb.train import Trainer, TrainingArgs
     out = Path(out)
     write_checkpoint_files(out)
