@@ -13,7 +13,7 @@ __all__ = ['COLOURS', 'SHAPES', 'NUMBERS', 'IMAGE_SIZE', 'CELL', 'QUESTION_TYPES
            'evaluate']
 
 # %% ../nbs/19_shapes.ipynb #a1194675
-import json, time
+import functools, json, re, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -100,32 +100,50 @@ def _ask(rng: np.random.Generator, kind: str, paraphrase: bool = True, **fields)
     phrasings = PHRASINGS[kind]
     return (phrasings[int(rng.integers(len(phrasings)))] if paraphrase else phrasings[0]).format(**fields)
 
+def _answer(scene: Scene, kind: str, fields: dict) -> str:
+    "The answer to the question of `kind` with `fields` (as in `PHRASINGS`) about `scene`."
+    def find(attribute, value):
+        hits = [o for o in scene.objects if getattr(o, attribute) == value]
+        if not hits: raise ValueError(f"the scene has no {value}: it holds {caption(scene)[:-1]}")
+        return hits[0]
+    if kind == "colour": return find("shape", fields["shape"]).colour
+    if kind == "shape": return find("colour", fields["colour"]).shape
+    if kind == "count": return NUMBERS[len(scene.objects)]
+    if kind == "position": return _further(find("shape", fields["a"]), find("shape", fields["b"]), fields["side"]).shape
+    return caption(scene)
+
+def _qa(scene: Scene, rng: np.random.Generator, kind: str, paraphrase: bool = True, **fields) -> tuple:
+    "`(question, answer)` of `kind` about `scene`, asked with `fields`."
+    return _ask(rng, kind, paraphrase, **fields), _answer(scene, kind, fields)
+
 def _further(a: Shape, b: Shape, side: str) -> Shape:
     "Which of two shapes is further to `side` (`left` or `right`)."
     if side not in ("left", "right"): raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     return a if (a.x < b.x) == (side == "left") else b
 
-def _position_qa(a: Shape, b: Shape, rng: np.random.Generator, paraphrase: bool = True) -> tuple:
+def _position_qa(scene: Scene, a: Shape, b: Shape, rng: np.random.Generator, paraphrase: bool = True) -> tuple:
     "Which of the shapes `a` and `b` is further to a random side."
     side = ("left", "right")[int(rng.integers(2))]
-    return _ask(rng, "position", paraphrase, side=side, a=a.shape, b=b.shape), _further(a, b, side).shape
+    return _qa(scene, rng, "position", paraphrase, side=side, a=a.shape, b=b.shape)
 
 def questions(scene: Scene, rng: np.random.Generator, paraphrase: bool = False) -> dict:
     """`{question type: (question, answer)}` for the scene (no `position` question when it has a single shape), in
     the canonical phrasing or, with `paraphrase`, a random one of `PHRASINGS`."""
     objs, qa = scene.objects, {}
     o = objs[rng.integers(len(objs))]
-    qa["colour"] = (_ask(rng, "colour", paraphrase, shape=o.shape), o.colour)
+    qa["colour"] = _qa(scene, rng, "colour", paraphrase, shape=o.shape)
     o = objs[rng.integers(len(objs))]
-    qa["shape"] = (_ask(rng, "shape", paraphrase, colour=o.colour), o.shape)
-    qa["count"] = (_ask(rng, "count", paraphrase), NUMBERS[len(objs)])
-    if len(objs) > 1: qa["position"] = _position_qa(*(objs[i] for i in rng.choice(len(objs), 2, replace=False)), rng, paraphrase)
-    qa["caption"] = (_ask(rng, "caption", paraphrase), caption(scene))
+    qa["shape"] = _qa(scene, rng, "shape", paraphrase, colour=o.colour)
+    qa["count"] = _qa(scene, rng, "count", paraphrase)
+    if len(objs) > 1:
+        qa["position"] = _position_qa(scene, *(objs[i] for i in rng.choice(len(objs), 2, replace=False)), rng, paraphrase)
+    qa["caption"] = _qa(scene, rng, "caption", paraphrase)
     return qa
 
 # %% ../nbs/19_shapes.ipynb #824090b9
-def _pattern(phrasing: str):
-    import re
+@functools.cache
+def _pattern(phrasing: str) -> re.Pattern:
+    "A phrasing of `PHRASINGS` as a regular expression, one named group per field."
     return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\w+)", re.escape(phrasing)) + "$", re.I)
 
 def answer(scene: Scene, question: str) -> str:
@@ -136,16 +154,7 @@ def answer(scene: Scene, question: str) -> str:
             if m: return _answer(scene, kind, {k: v.lower() for k, v in m.groupdict().items()})
     raise ValueError(f"not a question of the dataset: {question!r}; ask one of {[p[0] for p in PHRASINGS.values()]}")
 
-def _answer(scene: Scene, kind: str, fields: dict) -> str:
-    def find(attribute, value):
-        hits = [o for o in scene.objects if getattr(o, attribute) == value]
-        if not hits: raise ValueError(f"the scene has no {value}: it holds {caption(scene)[:-1]}")
-        return hits[0]
-    if kind == "colour": return find("shape", fields["shape"]).colour
-    if kind == "shape": return find("colour", fields["colour"]).shape
-    if kind == "count": return NUMBERS[len(scene.objects)]
-    if kind == "position": return _further(find("shape", fields["a"]), find("shape", fields["b"]), fields["side"]).shape
-    return caption(scene)
+
 
 # %% ../nbs/19_shapes.ipynb #ade37fdc
 SPLIT_SEEDS = {"train": 0, "valid": 1, "test": 2}
@@ -169,13 +178,13 @@ def row_questions(scene: Scene, rng: np.random.Generator, position_pairs: int = 
     or (at random) its shape question, never both; the count; and a position question for up to `position_pairs`
     different pairs of shapes (one pair's answer never settles another's)."""
     objs = scene.objects
-    qa = [(_ask(rng, "colour", shape=o.shape), o.colour) if rng.random() < 0.5 else (_ask(rng, "shape", colour=o.colour), o.shape)
+    qa = [_qa(scene, rng, "colour", shape=o.shape) if rng.random() < 0.5 else _qa(scene, rng, "shape", colour=o.colour)
           for o in objs]
-    qa.append((_ask(rng, "count"), NUMBERS[len(objs)]))
+    qa.append(_qa(scene, rng, "count"))
     pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
     for k in rng.permutation(len(pairs))[:position_pairs]:
         a, b = (objs[i] for i in rng.permutation(pairs[k]))
-        qa.append(_position_qa(a, b, rng))
+        qa.append(_position_qa(scene, a, b, rng))
     return [qa[i] for i in rng.permutation(len(qa))]
 
 def training_rows(split: str, n: int, seed: int = 0, caption_every: int = 1) -> list[dict]:
@@ -185,7 +194,7 @@ def training_rows(split: str, n: int, seed: int = 0, caption_every: int = 1) -> 
     for k, s in enumerate(scenes(split, n)):
         image = draw_scene(s)
         rows.append(chat_row(image, row_questions(s, rng)))
-        if k % caption_every == 0: rows.append(chat_row(image, [(_ask(rng, "caption"), caption(s))]))
+        if k % caption_every == 0: rows.append(chat_row(image, [_qa(s, rng, "caption")]))
     return rows
 
 def eval_items(n: int = 100, seed: int = 0, split: str = "test", paraphrase: bool = False) -> list[dict]:
